@@ -1,0 +1,56 @@
+# Easel: every target installs what it needs (.venv, generated stubs, buf) by itself.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+GEN := gen/python
+PROTOS := $(shell find protos -name '*.proto')
+STUBS := $(GEN)/.stamp
+BUF := node_modules/.bin/buf
+
+.PHONY: run test lint protos bench clean
+
+run: $(STUBS)
+	$(VENV)/bin/easel-run
+
+test: lint $(STUBS)
+	$(PY) -m pytest
+
+lint: $(VENV)/.installed $(BUF)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(BUF) lint protos
+
+protos: $(STUBS)
+
+bench: $(STUBS)
+	@for script in bench/*.py; do \
+		echo "== $$script"; $(PY) $$script || exit 1; \
+	done
+
+clean:
+	rm -rf $(VENV) gen node_modules .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+# torch first, pinned to the CPU wheel, so that no other requirement pulls a CUDA build.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet torch==2.13.0
+	mkdir -p $(GEN)/easel
+	$(VENV)/bin/pip install --quiet -e '.[inference,dev]'
+	touch $@
+
+# Python stubs for every proto, regenerated whenever a proto changes.
+$(STUBS): $(PROTOS) $(VENV)/.installed
+	rm -rf $(GEN)/easel
+	mkdir -p $(GEN)
+	$(PY) -m grpc_tools.protoc -I protos --python_out=$(GEN) --pyi_out=$(GEN) \
+		--grpc_python_out=$(GEN) $(PROTOS)
+	find $(GEN)/easel -type d -exec touch {}/__init__.py \;
+	touch $@
+
+# buf comes from npm (@bufbuild/buf, pinned in package.json); its binary ships in the package.
+$(BUF): package.json
+	npm install --no-audit --no-fund --loglevel=error
+	touch $@

@@ -1,0 +1,142 @@
+"""Typed settings shared by every Easel process.
+
+Each setting is read, in increasing order of precedence, from its default, the root's
+`easel.yaml`, an `EASEL_<NAME>` environment variable and a `--<name>` command-line flag.
+One flat namespace serves all four processes: each process reads the settings it knows and
+ignores the rest, so a single `easel.yaml` configures the whole suite.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Self
+
+import yaml
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    CliSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from services.common.errors import InvalidArgumentError
+
+SETTINGS_FILE_NAME = "easel.yaml"
+DEFAULT_ROOT = Path("~/easel")
+
+
+class LogFormat(StrEnum):
+    """How log lines are rendered."""
+
+    AUTO = "auto"  # console when stderr is a terminal, JSON otherwise
+    CONSOLE = "console"
+    JSON = "json"
+
+
+class CommonSettings(BaseSettings):
+    """Settings every process reads: where things are, how to log, how to serve."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="EASEL_",
+        extra="ignore",
+        validate_default=True,
+        use_attribute_docstrings=True,
+    )
+
+    root: Path = DEFAULT_ROOT
+    """Root directory holding easel.yaml, databases/, models/ and outputs/ (EASEL_ROOT or
+    --root only: the settings file lives inside it)."""
+
+    invoker_address: str = "127.0.0.1:50051"
+    """host:port the invoker listens on and other processes call it at."""
+
+    model_manager_address: str = "127.0.0.1:50052"
+    """host:port the model manager listens on and other processes call it at."""
+
+    downloader_address: str = "127.0.0.1:50053"
+    """host:port the downloader listens on and other processes call it at."""
+
+    inference_address: str = "127.0.0.1:50054"
+    """host:port the inference service listens on and other processes call it at."""
+
+    log_level: str = "info"
+    """Lowest level logged: debug, info, warning or error."""
+
+    log_format: LogFormat = LogFormat.AUTO
+    """auto (console on a terminal, JSON otherwise), console or json."""
+
+    shutdown_grace_s: float = Field(default=5.0, ge=0)
+    """Seconds in-flight calls get to finish after SIGTERM/SIGINT before they are cancelled."""
+
+    max_message_bytes: int = Field(default=64 * 1024 * 1024, ge=4 * 1024 * 1024)
+    """Largest gRPC message sent or received, in bytes (images cross as PNG bytes)."""
+
+    auth_token: SecretStr | None = None
+    """Bearer token: servers require it on every call but health checks; clients send it."""
+
+    tls_cert_file: Path | None = None
+    """PEM certificate chain the servers present; set with tls_key_file to serve TLS."""
+
+    tls_key_file: Path | None = None
+    """PEM private key of tls_cert_file."""
+
+    tls_ca_file: Path | None = None
+    """PEM roots clients trust when calling a TLS server; the system roots when unset."""
+
+    @field_validator("root", "tls_cert_file", "tls_key_file", "tls_ca_file")
+    @classmethod
+    def _expand_user(cls, path: Path | None) -> Path | None:
+        return path.expanduser().resolve() if path is not None else None
+
+    @property
+    def tls_enabled(self) -> bool:
+        return self.tls_cert_file is not None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # `load` passes the file's values as init arguments, so they rank below the
+        # environment; the CLI source, when given, is put in front of these by pydantic.
+        return (env_settings, init_settings)
+
+    @classmethod
+    def load(cls, argv: Sequence[str] = (), *, prog: str | None = None) -> Self:
+        """Settings from the file under the root, the environment and `argv`'s flags."""
+        flags = CliSettingsSource(
+            cls,
+            cli_prog_name=prog,
+            cli_kebab_case=True,
+            cli_implicit_flags=True,
+            cli_exit_on_error=True,
+        )(args=list(argv))
+        root = flags().get("root") or os.environ.get("EASEL_ROOT") or DEFAULT_ROOT
+        file_values = read_settings_file(Path(root).expanduser() / SETTINGS_FILE_NAME)
+        file_values.pop("root", None)
+        return cls(_cli_settings_source=flags, **file_values)
+
+
+def read_settings_file(path: Path) -> dict[str, Any]:
+    """The mapping in a settings file; empty when the file does not exist."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    try:
+        values = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise InvalidArgumentError(f"{path} is not valid YAML: {exc}", field=str(path)) from exc
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise InvalidArgumentError(f"{path} must hold a mapping of settings", field=str(path))
+    return {str(key).replace("-", "_"): value for key, value in values.items()}

@@ -1,0 +1,87 @@
+"""Settings come from defaults < easel.yaml < EASEL_* environment < --flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from services.common.errors import InvalidArgumentError
+from services.common.settings import CommonSettings, LogFormat
+from services.inference.settings import InferenceSettings
+
+
+@pytest.fixture
+def root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    for name in ("EASEL_ROOT", "EASEL_LOG_LEVEL", "EASEL_DOWNLOADER_ADDRESS", "EASEL_LOG_FORMAT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("EASEL_ROOT", str(tmp_path))
+    return tmp_path
+
+
+def test_defaults_without_file_env_or_flags(root: Path):
+    settings = CommonSettings.load([])
+    assert settings.root == root
+    assert settings.log_level == "info"
+    assert settings.log_format is LogFormat.AUTO
+    assert settings.downloader_address == "127.0.0.1:50053"
+    assert settings.auth_token is None
+
+
+def test_file_then_env_then_flag(root: Path, monkeypatch: pytest.MonkeyPatch):
+    (root / "easel.yaml").write_text(
+        "log_level: warning\ndownloader_address: 127.0.0.1:1001\nlog-format: json\n"
+    )
+    from_file = CommonSettings.load([])
+    assert from_file.log_level == "warning"
+    assert from_file.downloader_address == "127.0.0.1:1001"
+    assert from_file.log_format is LogFormat.JSON
+
+    monkeypatch.setenv("EASEL_DOWNLOADER_ADDRESS", "127.0.0.1:1002")
+    from_env = CommonSettings.load([])
+    assert from_env.downloader_address == "127.0.0.1:1002"
+    assert from_env.log_level == "warning"
+
+    from_flag = CommonSettings.load(["--downloader-address", "127.0.0.1:1003"])
+    assert from_flag.downloader_address == "127.0.0.1:1003"
+    assert from_flag.log_level == "warning"
+
+
+def test_root_flag_chooses_the_settings_file(root: Path, tmp_path_factory):
+    other = tmp_path_factory.mktemp("other-root")
+    (other / "easel.yaml").write_text("log_level: debug\n")
+    settings = CommonSettings.load(["--root", str(other)])
+    assert settings.root == other
+    assert settings.log_level == "debug"
+
+
+def test_a_process_ignores_settings_of_the_others(root: Path):
+    (root / "easel.yaml").write_text("torch_threads: 2\n")
+    assert CommonSettings.load([]).log_level == "info"
+    assert InferenceSettings.load([]).torch_threads == 2
+
+
+def test_secret_token_is_not_shown(root: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("EASEL_AUTH_TOKEN", "s3cret")
+    settings = CommonSettings.load([])
+    assert settings.auth_token is not None
+    assert settings.auth_token.get_secret_value() == "s3cret"
+    assert "s3cret" not in repr(settings)
+
+
+def test_malformed_file_is_refused(root: Path):
+    (root / "easel.yaml").write_text("log_level: [unclosed\n")
+    with pytest.raises(InvalidArgumentError) as caught:
+        CommonSettings.load([])
+    assert caught.value.violations[0].field == str(root / "easel.yaml")
+
+    (root / "easel.yaml").write_text("- a list\n")
+    with pytest.raises(InvalidArgumentError, match="mapping"):
+        CommonSettings.load([])
+
+
+def test_invalid_value_is_refused(root: Path):
+    (root / "easel.yaml").write_text("shutdown_grace_s: -1\n")
+    with pytest.raises(ValidationError, match="shutdown_grace_s"):
+        CommonSettings.load([])
