@@ -83,10 +83,19 @@ def start_service(
     return ServiceProcess(name, address, process, log_path)
 
 
-def wait_serving(service: ServiceProcess, timeout: float = READY_TIMEOUT_S) -> float:
+def wait_serving(
+    service: ServiceProcess,
+    timeout: float = READY_TIMEOUT_S,
+    credentials: grpc.ChannelCredentials | None = None,
+) -> float:
     """Poll health until SERVING; return the seconds since the process started."""
     deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(service.address) as channel:
+    channel = (
+        grpc.insecure_channel(service.address)
+        if credentials is None
+        else grpc.secure_channel(service.address, credentials)
+    )
+    with channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             if service.process.poll() is not None:

@@ -86,6 +86,7 @@ class Supervisor:
         if died or failed:
             print("easel: stopped the suite because a service failed", file=sys.stderr)
             return 1
+        print("easel: stopped", flush=True)
         return 0
 
     async def _wait_until_ready(self, services: list[ServiceProcess]) -> bool:
