@@ -87,13 +87,20 @@ def wait_serving(
     service: ServiceProcess,
     timeout: float = READY_TIMEOUT_S,
     credentials: grpc.ChannelCredentials | None = None,
+    poll_s: float = 0.02,
 ) -> float:
     """Poll health until SERVING; return the seconds since the process started."""
     deadline = time.monotonic() + timeout
+    # Retry a refused connection quickly instead of after gRPC's default 1 s backoff.
+    options = [
+        ("grpc.initial_reconnect_backoff_ms", 5),
+        ("grpc.min_reconnect_backoff_ms", 5),
+        ("grpc.max_reconnect_backoff_ms", 20),
+    ]
     channel = (
-        grpc.insecure_channel(service.address)
+        grpc.insecure_channel(service.address, options)
         if credentials is None
-        else grpc.secure_channel(service.address, credentials)
+        else grpc.secure_channel(service.address, credentials, options)
     )
     with channel:
         stub = health_pb2_grpc.HealthStub(channel)
@@ -106,5 +113,5 @@ def wait_serving(
                     return time.monotonic() - service.started_at
             except grpc.RpcError:
                 pass
-            time.sleep(0.02)
+            time.sleep(poll_s)
     raise AssertionError(f"{service.name} not SERVING within {timeout} s:\n{service.log()}")

@@ -119,3 +119,19 @@ def test_flags_override_the_environment(run_service, easel_env):
     service = run_service("downloader", args=["--log-level", "debug"])
     wait_serving(service)
     assert '"level": "debug"' in service.log()
+
+
+def test_buf_curl_reaches_a_server_through_reflection(run_service):
+    buf = REPO / "node_modules" / ".bin" / "buf"
+    if not buf.exists():
+        pytest.skip("buf is installed by `make lint` (part of `make test`)")
+    service = run_service("downloader")
+    wait_serving(service)
+    url = f"http://{service.address}"
+    curl = [str(buf), "curl", "--protocol", "grpc", "--http2-prior-knowledge"]
+    listed = subprocess.run([*curl, "--list-services", url], capture_output=True, text=True)
+    assert "easel.downloader.v1.DownloadService" in listed.stdout, listed.stderr
+    health = subprocess.run(
+        [*curl, f"{url}/grpc.health.v1.Health/Check"], capture_output=True, text=True
+    )
+    assert '"status": "SERVING"' in health.stdout, health.stderr

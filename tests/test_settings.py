@@ -85,3 +85,9 @@ def test_invalid_value_is_refused(root: Path):
     (root / "easel.yaml").write_text("shutdown_grace_s: -1\n")
     with pytest.raises(ValidationError, match="shutdown_grace_s"):
         CommonSettings.load([])
+
+
+def test_readme_documents_every_setting():
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    for name in InferenceSettings.model_fields:
+        assert f"`{name}`" in readme, f"README.md does not document the setting {name}"

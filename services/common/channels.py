@@ -42,12 +42,24 @@ def outgoing_metadata(auth_token: str | None) -> list[tuple[str, str]]:
     return metadata
 
 
-def open_channel(address: str, settings: CommonSettings) -> aio.Channel:
-    """An asyncio channel to another Easel service at `address`."""
+def open_channel(
+    address: str, settings: CommonSettings, reconnect_backoff_ms: int | None = None
+) -> aio.Channel:
+    """An asyncio channel to another Easel service at `address`.
+
+    `reconnect_backoff_ms` shortens gRPC's 1 s wait before retrying a refused connection,
+    for callers that wait for a service to come up.
+    """
     token = settings.auth_token.get_secret_value() if settings.auth_token else None
     interceptors = [_OutgoingMetadata(lambda: outgoing_metadata(token))]
     credentials = channel_credentials(settings)
     options = message_size_options(settings)
+    if reconnect_backoff_ms is not None:
+        options += [
+            ("grpc.initial_reconnect_backoff_ms", reconnect_backoff_ms),
+            ("grpc.min_reconnect_backoff_ms", reconnect_backoff_ms),
+            ("grpc.max_reconnect_backoff_ms", reconnect_backoff_ms),
+        ]
     if credentials is None:
         return aio.insecure_channel(address, options=options, interceptors=interceptors)
     return aio.secure_channel(address, credentials, options=options, interceptors=interceptors)

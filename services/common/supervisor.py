@@ -114,7 +114,9 @@ class Supervisor:
     async def _serving(self, service: ServiceProcess) -> None:
         """Return once `service` reports SERVING; retry while it is not listening yet."""
         serving = health_pb2.HealthCheckResponse.SERVING
-        async with open_channel(service.address, self._settings) as channel:
+        async with open_channel(
+            service.address, self._settings, reconnect_backoff_ms=50
+        ) as channel:
             health = health_pb2_grpc.HealthStub(channel)
             while True:
                 try:
