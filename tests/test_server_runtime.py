@@ -1,5 +1,7 @@
-"""A domain error raised in a servicer reaches a client as its status code with details,
-and the SDK turns it back into the same domain error; unexpected faults become INTERNAL."""
+"""The server runtime every service shares, over real gRPC: health follows readiness, a
+domain error raised in a servicer reaches a client as its status code with details (and
+the SDK turns it back into the same domain error), unexpected faults become INTERNAL,
+in-flight calls get their grace period, and request ids travel between services."""
 
 from __future__ import annotations
 
@@ -8,11 +10,14 @@ import asyncio
 import grpc
 import pytest
 from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
 from clients.sdk import EaselClient
 from easel.downloader.v1 import download_service_pb2, download_service_pb2_grpc
 from services.common import errors
+from services.common.channels import open_channel
+from services.common.logs import REQUEST_ID_METADATA_KEY
 from services.common.server import ServiceServer
 from services.common.settings import CommonSettings
 from tests.processes import free_port
@@ -112,3 +117,80 @@ async def test_in_flight_call_finishes_within_the_grace_period(server):
     await asyncio.sleep(0.1)
     server_.request_stop()
     assert await call == download_service_pb2.GetDownloadJobResponse()
+
+
+class RelayingDownloads(download_service_pb2_grpc.DownloadServiceServicer):
+    """Answers by calling another server, as services call each other."""
+
+    def __init__(self, settings: CommonSettings, upstream: str) -> None:
+        self._settings = settings
+        self._upstream = upstream
+
+    async def GetDownloadJob(self, request, context):
+        async with open_channel(self._upstream, self._settings) as channel:
+            stub = download_service_pb2_grpc.DownloadServiceStub(channel)
+            return await stub.GetDownloadJob(request)
+
+
+class RecordingDownloads(download_service_pb2_grpc.DownloadServiceServicer):
+    """Answers with the request id it was called under, in the job's error field."""
+
+    async def GetDownloadJob(self, request, context):
+        seen = dict(context.invocation_metadata()).get(REQUEST_ID_METADATA_KEY, "")
+        job = download_service_pb2.DownloadJob(id=request.id, error=seen)
+        return download_service_pb2.GetDownloadJobResponse(job=job)
+
+
+async def test_request_id_is_carried_to_the_services_a_call_reaches(tmp_path):
+    first, second = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    settings = CommonSettings(root=tmp_path, downloader_address=first, shutdown_grace_s=1)
+    servers = []
+    for address, servicer in (
+        (first, RelayingDownloads(settings, second)),
+        (second, RecordingDownloads()),
+    ):
+        server = ServiceServer("downloader", "easel.downloader.v1", address, settings)
+        server.add_service(
+            download_service_pb2, download_service_pb2_grpc, "DownloadService", servicer
+        )
+        servers.append((server, asyncio.create_task(server.serve())))
+    await asyncio.sleep(0.2)
+
+    def call_with_request_id():
+        with grpc.insecure_channel(first) as channel:
+            stub = download_service_pb2_grpc.DownloadServiceStub(channel)
+            request = download_service_pb2.GetDownloadJobRequest(id=5)
+            return stub.GetDownloadJob(request, metadata=[(REQUEST_ID_METADATA_KEY, "req-42")])
+
+    try:
+        reply = await asyncio.to_thread(call_with_request_id)
+    finally:
+        for server, serving in servers:
+            server.request_stop()
+            await serving
+    assert (reply.job.id, reply.job.error) == (5, "req-42")
+
+
+async def test_health_is_not_serving_until_the_process_is_ready(tmp_path):
+    address = f"127.0.0.1:{free_port()}"
+    settings = CommonSettings(root=tmp_path, downloader_address=address, shutdown_grace_s=1)
+    server = ServiceServer("downloader", "easel.downloader.v1", address, settings)
+    server.add_service(download_service_pb2, download_service_pb2_grpc, "DownloadService")
+    ready = asyncio.Event()
+    serving = asyncio.create_task(server.serve(ready.wait))
+
+    async def status() -> int:
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            request = health_pb2.HealthCheckRequest(service="easel.downloader.v1.DownloadService")
+            reply = await stub.Check(request, wait_for_ready=True, timeout=5)
+            return reply.status
+
+    try:
+        assert await status() == health_pb2.HealthCheckResponse.NOT_SERVING
+        ready.set()
+        await asyncio.sleep(0.05)
+        assert await status() == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        server.request_stop()
+        await serving
