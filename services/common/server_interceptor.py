@@ -35,7 +35,7 @@ class ServerCallInterceptor(aio.ServerInterceptor):
     """Authentication, request ids, logging and error mapping for every handler."""
 
     def __init__(self, domain: str, auth_token: str | None) -> None:
-        self._domain = domain
+        self.domain = domain
         self._expected_authorization = (
             f"Bearer {auth_token}".encode() if auth_token is not None else None
         )
@@ -84,10 +84,6 @@ class ServerCallInterceptor(aio.ServerInterceptor):
                 "this server requires a valid bearer token in the authorization metadata",
                 reason="INVALID_TOKEN" if given else "MISSING_TOKEN",
             )
-
-    @property
-    def domain(self) -> str:
-        return self._domain
 
 
 class _Call:
