@@ -39,13 +39,13 @@ def test_token_is_required_except_for_health(run_service, easel_env):
 
         with pytest.raises(grpc.RpcError) as allowed:
             get_job(channel, metadata=[("authorization", f"Bearer {TOKEN}")])
-        assert allowed.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert allowed.value.code() == grpc.StatusCode.NOT_FOUND
 
         health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
         assert health.status == health_pb2.HealthCheckResponse.SERVING
 
     settings = CommonSettings(downloader_address=service.address, auth_token=TOKEN)
-    with EaselClient(settings) as client, pytest.raises(errors.UnimplementedError):
+    with EaselClient(settings) as client, pytest.raises(errors.NotFoundError):
         client.downloads.GetDownloadJob(download_service_pb2.GetDownloadJobRequest(id=1))
     without = CommonSettings(downloader_address=service.address)
     with EaselClient(without) as client, pytest.raises(errors.UnauthenticatedError) as caught:
@@ -77,7 +77,7 @@ def test_tls_serves_only_tls_clients(run_service, easel_env, certificate):
     wait_serving(service, credentials=grpc.ssl_channel_credentials(cert.read_bytes()))
 
     settings = CommonSettings(downloader_address=service.address, tls_ca_file=cert)
-    with EaselClient(settings) as client, pytest.raises(errors.UnimplementedError):
+    with EaselClient(settings) as client, pytest.raises(errors.NotFoundError):
         client.downloads.GetDownloadJob(download_service_pb2.GetDownloadJobRequest(id=1))
 
     with grpc.insecure_channel(service.address) as channel, pytest.raises(grpc.RpcError) as plain:

@@ -49,6 +49,7 @@ class ServiceServer:
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         self._service_names: list[str] = []
+        self._stopping_hooks: list[Step] = []
         self._shutdown_hooks: list[Step] = []
         self._stop = asyncio.Event()
 
@@ -64,6 +65,11 @@ class ServiceServer:
         answer_unimplemented_rpcs(servicer, service)
         getattr(pb2_grpc, f"add_{name}Servicer_to_server")(servicer, self._server)
         self._service_names.append(service.full_name)
+
+    def on_stopping(self, hook: Step) -> None:
+        """Run `hook` when a stop begins, before in-flight calls get their grace period
+        (end endless streams, stop background work)."""
+        self._stopping_hooks.append(hook)
 
     def on_shutdown(self, hook: Step) -> None:
         """Run `hook` after the server stopped taking calls (close stores, channels, ...)."""
@@ -120,6 +126,8 @@ class ServiceServer:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
         await self._health.enter_graceful_shutdown()
+        for hook in self._stopping_hooks:
+            await hook()
         await self._server.stop(self._settings.shutdown_grace_s)
         for hook in reversed(self._shutdown_hooks):
             await hook()
