@@ -642,8 +642,10 @@ class _Progress:
         """Called for every chunk, from the event loop or a copying thread."""
         last_bytes, last_time = self._reported.get(id(part), (0, 0.0))
         moment = time.monotonic()
-        step = max(part.total_bytes // 100, 1)
-        if part.bytes - last_bytes >= step or moment - last_time >= PROGRESS_INTERVAL_S:
+        one_percent = part.total_bytes // 100 if part.total_bytes else None
+        if (one_percent is not None and part.bytes - last_bytes >= max(one_percent, 1)) or (
+            moment - last_time >= PROGRESS_INTERVAL_S
+        ):
             self._reported[id(part)] = (part.bytes, moment)
             self._queue.publish_progress(self._job)
 
