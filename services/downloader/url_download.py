@@ -19,9 +19,9 @@ from yarl import URL
 
 from services.downloader.address_guard import AddressGuard, AddressNotAllowedError, GuardedResolver
 from services.downloader.file_names import FALLBACK_NAME, sanitise_remote_name
+from services.downloader.file_writer import BackgroundFileWriter
 from services.downloader.jobs import DownloadJob, DownloadPart, TransferError
 
-CHUNK_BYTES = 1024 * 1024
 READ_BUFFER_BYTES = 4 * 1024 * 1024
 MAX_REDIRECTS = 10
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
@@ -128,9 +128,9 @@ class UrlDownloader:
             partial.parent.mkdir(parents=True, exist_ok=True)
             self._check_free_space(partial.parent, max(part.total_bytes - offset, 0))
             part.bytes = offset
-            with partial.open("ab" if resumed else "wb") as file:
-                async for chunk in response.content.iter_chunked(CHUNK_BYTES):
-                    file.write(chunk)
+            async with BackgroundFileWriter(partial, append=resumed) as writer:
+                async for chunk in response.content.iter_any():
+                    await writer.write(chunk)
                     part.bytes += len(chunk)
                     observer.bytes_received(part)
         if part.total_bytes and part.bytes != part.total_bytes:
