@@ -8,6 +8,7 @@ are kept (206 with a Content-Range starting at our offset) or the file starts ov
 
 from __future__ import annotations
 
+import asyncio
 import errno
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -21,6 +22,7 @@ from services.downloader.address_guard import AddressGuard, AddressNotAllowedErr
 from services.downloader.file_names import FALLBACK_NAME, sanitise_remote_name
 from services.downloader.file_writer import BackgroundFileWriter
 from services.downloader.jobs import DownloadJob, DownloadPart, TransferError
+from services.downloader.transfer_threads import TransferThreads
 
 READ_BUFFER_BYTES = 4 * 1024 * 1024
 MAX_REDIRECTS = 10
@@ -39,25 +41,26 @@ class TransferObserver(Protocol):
 
 
 class UrlDownloader:
-    """Downloads URL parts of jobs through one shared, guarded aiohttp session."""
+    """Downloads URL parts of jobs on the transfer threads, each with a guarded session."""
 
     def __init__(self, guard: AddressGuard, check_free_space: Callable[[Path, int], None]):
         self._guard = guard
         self._check_free_space = check_free_space
-        self._session: aiohttp.ClientSession | None = None
+        self._threads = TransferThreads(self._new_session)
 
-    async def start(self) -> None:
-        connector = aiohttp.TCPConnector(resolver=GuardedResolver(self._guard), limit=0)
-        self._session = aiohttp.ClientSession(
-            connector=connector,
+    def _new_session(self) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(resolver=GuardedResolver(self._guard), limit=0),
             timeout=TIMEOUT,
             read_bufsize=READ_BUFFER_BYTES,
             auto_decompress=False,
         )
 
+    async def start(self) -> None:
+        await asyncio.to_thread(self._threads.start)
+
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        await asyncio.to_thread(self._threads.stop)
 
     async def download(
         self,
@@ -68,16 +71,22 @@ class UrlDownloader:
     ) -> None:
         """Fetch `part` into its partial file; `name_destination` turns a remote name into
         the final path when the job has none yet."""
-        try:
-            await self._fetch(job, part, name_destination, observer)
-        except _StartOver:
-            partial = job.partial_path(part)
-            if partial is not None:
-                partial.unlink(missing_ok=True)
-            await self._fetch(job, part, name_destination, observer)
+        reporter = _FromTransferThread(observer, asyncio.get_running_loop())
+
+        async def transfer(session: aiohttp.ClientSession) -> None:
+            try:
+                await self._fetch(session, job, part, name_destination, reporter)
+            except _StartOver:
+                partial = job.partial_path(part)
+                if partial is not None:
+                    partial.unlink(missing_ok=True)
+                await self._fetch(session, job, part, name_destination, reporter)
+
+        await self._threads.run(transfer)
 
     async def _fetch(
         self,
+        session: aiohttp.ClientSession,
         job: DownloadJob,
         part: DownloadPart,
         name_destination: Callable[[str], Path],
@@ -85,7 +94,7 @@ class UrlDownloader:
     ) -> None:
         """`_download` with every network and disk failure turned into a TransferError."""
         try:
-            await self._download(job, part, name_destination, observer)
+            await self._download(session, job, part, name_destination, observer)
         except (TransferError, _StartOver):
             raise
         except AddressNotAllowedError as exc:
@@ -105,6 +114,7 @@ class UrlDownloader:
 
     async def _download(
         self,
+        session: aiohttp.ClientSession,
         job: DownloadJob,
         part: DownloadPart,
         name_destination: Callable[[str], Path],
@@ -116,7 +126,7 @@ class UrlDownloader:
         headers = {}
         if offset and validator:
             headers = {"Range": f"bytes={offset}-", "If-Range": validator}
-        async with self._open(part.source, job, headers) as response:
+        async with self._open(session, part.source, job, headers) as response:
             resumed = bool(headers) and _content_range_start(response) == offset
             if response.status == 416:
                 raise _StartOver
@@ -143,10 +153,9 @@ class UrlDownloader:
 
     @asynccontextmanager
     async def _open(
-        self, url: str, job: DownloadJob, headers: dict[str, str]
+        self, session: aiohttp.ClientSession, url: str, job: DownloadJob, headers: dict[str, str]
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """The final response for `url` after redirects; an error status fails the part."""
-        assert self._session is not None
         origin = URL(url)
         current = origin
         token = job.access_token.get_secret_value() if job.access_token else None
@@ -155,9 +164,7 @@ class UrlDownloader:
             request_headers = dict(headers)
             if token and (current.host, current.port) == (origin.host, origin.port):
                 request_headers["Authorization"] = f"Bearer {token}"
-            response = await self._session.get(
-                current, headers=request_headers, allow_redirects=False
-            )
+            response = await session.get(current, headers=request_headers, allow_redirects=False)
             try:
                 if response.status in REDIRECT_STATUSES and "Location" in response.headers:
                     current = current.join(URL(response.headers["Location"]))
@@ -197,6 +204,21 @@ class UrlDownloader:
         part.total_bytes = part.expected_size or size
         if part.destination is None:
             part.destination = name_destination(_remote_name(response, part.source))
+
+
+class _FromTransferThread:
+    """Passes a transfer thread's reports to the queue: headers on the queue's own loop
+    (they change the job), bytes directly (progress publishing is thread-safe)."""
+
+    def __init__(self, observer: TransferObserver, loop: asyncio.AbstractEventLoop) -> None:
+        self._observer = observer
+        self._loop = loop
+
+    def headers_received(self, part: DownloadPart) -> None:
+        self._loop.call_soon_threadsafe(self._observer.headers_received, part)
+
+    def bytes_received(self, part: DownloadPart) -> None:
+        self._observer.bytes_received(part)
 
 
 class _StartOver(Exception):
