@@ -78,9 +78,7 @@ def test_caller_names_and_relative_paths():
     assert is_plain_name("vae.safetensors")
     assert not any(is_plain_name(n) for n in ("", ".", "..", "a/b", "a\\b"))
     assert is_safe_relative_path("unet/diffusion_pytorch_model.safetensors")
-    assert not any(
-        is_safe_relative_path(p) for p in ("", "/etc/passwd", "a/../../b", "..", "a\\b")
-    )
+    assert not any(is_safe_relative_path(p) for p in ("", "/etc/passwd", "a/../../b", "..", "a\\b"))
 
 
 def test_the_guard_refuses_internal_addresses_unless_allowed():
