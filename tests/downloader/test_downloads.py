@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import grpc
 import pytest
 
 from easel.downloader.v1 import download_service_pb2 as pb
@@ -354,3 +355,68 @@ async def test_wait_all_joins_every_active_job(remote, downloads):
     joined = await downloads.call("WaitAllDownloadJobs", pb.WaitAllDownloadJobsRequest())
     assert sorted(j.id for j in joined.jobs) == ids
     assert all(j.status == S.DOWNLOAD_JOB_STATUS_COMPLETED for j in joined.jobs)
+
+
+async def test_watching_all_jobs_starts_with_the_unfinished_ones(remote, downloads):
+    remote.add("a.bin", 1000)
+    dest = str(downloads.root / "all")
+    finished = await downloads.create(single_source=remote.url("/files/a.bin"), dest_dir=dest)
+    await downloads.wait(finished.id)
+    idle = await downloads.create(
+        single_source=remote.url("/files/a.bin"), dest_dir=dest, filename="b", start_later=True
+    )
+    stream = downloads.stub.WatchDownloads(pb.WatchDownloadsRequest(), timeout=30)
+    snapshot = await anext(stream.__aiter__())
+    assert snapshot.event.job_changed.job.id == idle.id  # the finished job is not repeated
+    later = await downloads.create(
+        single_source=remote.url("/files/a.bin"), dest_dir=dest, filename="c"
+    )
+    seen: list[int] = []
+    async for response in stream:
+        event = response.event
+        if event.HasField("job_changed") and event.job_changed.job.id == later.id:
+            seen.append(event.job_changed.job.status)
+            if event.job_changed.job.status == S.DOWNLOAD_JOB_STATUS_COMPLETED:
+                break
+    assert seen[0] == S.DOWNLOAD_JOB_STATUS_ENQUEUED
+    stream.cancel()
+
+
+async def test_a_watch_ends_unavailable_when_the_downloader_stops(remote, downloads):
+    remote.add("s.bin", 4 * 1024 * 1024)
+    job = await downloads.create(
+        single_source=remote.url("/slow/s.bin?delay=0.05"), dest_dir=str(downloads.root / "s")
+    )
+    stream = downloads.stub.WatchDownloads(pb.WatchDownloadsRequest(job_ids=[job.id]))
+    await anext(stream.__aiter__())
+    downloads.service.process.terminate()
+    with pytest.raises(grpc.aio.AioRpcError) as ended:
+        async for _ in stream:
+            pass
+    assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert downloads.service.process.wait(10) == 0
+
+
+async def test_max_parallel_downloads_holds_at_all_times(remote, start_downloader):
+    downloads = await start_downloader(max_parallel_downloads=2)
+    remote.add("m.bin", 1024 * 1024)
+    dest = str(downloads.root / "m")
+    ids = [
+        (
+            await downloads.create(
+                single_source=remote.url("/slow/m.bin?delay=0.01"), dest_dir=dest, filename=f"{i}"
+            )
+        ).id
+        for i in range(5)
+    ]
+    peak = 0
+    while True:
+        listed = await downloads.call("ListDownloadJobs", pb.ListDownloadJobsRequest())
+        running = sum(job.status == S.DOWNLOAD_JOB_STATUS_RUNNING for job in listed.jobs)
+        assert running <= 2
+        peak = max(peak, running)
+        if all(job.status == S.DOWNLOAD_JOB_STATUS_COMPLETED for job in listed.jobs):
+            break
+        await asyncio.sleep(0.01)
+    assert peak == 2
+    assert len(ids) == 5
