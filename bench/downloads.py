@@ -100,7 +100,32 @@ def snapshot(endpoint: str, cache: Path) -> float:
     return float(done.stdout.strip().splitlines()[-1])
 
 
-async def main() -> None:
+async def easel_timings(address: str, big_url: str, shard_urls: list[str], out: Path):
+    """Best times of the single file, the 8 files as 8 jobs, and as one multi-file job."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = download_service_pb2_grpc.DownloadServiceStub(channel)
+        single = [pb.CreateDownloadJobRequest(single_source=big_url, dest_dir=str(out))]
+        parallel = [
+            pb.CreateDownloadJobRequest(single_source=url, dest_dir=str(out), filename=f"{i}.bin")
+            for i, url in enumerate(shard_urls)
+        ]
+        files = [
+            pb.MultiFileSourceFile(url=url, path=f"part-{i}.bin", size=SHARD)
+            for i, url in enumerate(shard_urls)
+        ]
+        multi = [
+            pb.CreateDownloadJobRequest(
+                multi_file=pb.MultiFileSource(files=files), dest_dir=str(out)
+            )
+        ]
+        return (
+            best([await easel(stub, single, out) for _ in range(RUNS)]),
+            best([await easel(stub, parallel, out) for _ in range(RUNS)]),
+            best([await easel(stub, multi, out) for _ in range(RUNS)]),
+        )
+
+
+def main() -> None:
     with tempfile.TemporaryDirectory(dir=os.environ.get("EASEL_BENCH_DIR")) as work:
         work_dir = Path(work)
         hub_root = work_dir / "hub"
@@ -131,29 +156,11 @@ async def main() -> None:
                 subprocess.run(["curl", "-sf", "-o", "/dev/null", url], check=True)
 
             out = work_dir / "out"
-            async with grpc.aio.insecure_channel(downloader.address) as channel:
-                stub = download_service_pb2_grpc.DownloadServiceStub(channel)
-                single = [pb.CreateDownloadJobRequest(single_source=big_url, dest_dir=str(out))]
-                parallel = [
-                    pb.CreateDownloadJobRequest(
-                        single_source=url, dest_dir=str(out), filename=f"{i}.bin"
-                    )
-                    for i, url in enumerate(shard_urls)
-                ]
-                files = [
-                    pb.MultiFileSourceFile(url=url, path=f"part-{i}.bin", size=SHARD)
-                    for i, url in enumerate(shard_urls)
-                ]
-                multi = [
-                    pb.CreateDownloadJobRequest(
-                        multi_file=pb.MultiFileSource(files=files), dest_dir=str(out)
-                    )
-                ]
-                curl_single = best([curl([big_url], out) for _ in range(RUNS)])
-                easel_single = best([await easel(stub, single, out) for _ in range(RUNS)])
-                curl_parallel = best([curl(shard_urls, out) for _ in range(RUNS)])
-                easel_parallel = best([await easel(stub, parallel, out) for _ in range(RUNS)])
-                easel_multi = best([await easel(stub, multi, out) for _ in range(RUNS)])
+            curl_single = best([curl([big_url], out) for _ in range(RUNS)])
+            curl_parallel = best([curl(shard_urls, out) for _ in range(RUNS)])
+            easel_single, easel_parallel, easel_multi = asyncio.run(
+                easel_timings(downloader.address, big_url, shard_urls, out)
+            )
             snapshot_time = best([snapshot(endpoint, work_dir / "hf") for _ in range(RUNS)])
         finally:
             downloader.stop()
@@ -167,7 +174,8 @@ async def main() -> None:
     print(
         "throughput_mib_s: "
         f"curl_single={mib_s(BIG, curl_single)} easel_single={mib_s(BIG, easel_single)} "
-        f"curl_parallel={mib_s(total, curl_parallel)} easel_parallel={mib_s(total, easel_parallel)} "
+        f"curl_parallel={mib_s(total, curl_parallel)} "
+        f"easel_parallel={mib_s(total, easel_parallel)} "
         f"snapshot={mib_s(total, snapshot_time)} easel_multifile={mib_s(total, easel_multi)}"
     )
     print(
@@ -178,4 +186,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    main()
