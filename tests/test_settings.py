@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from services.common.errors import InvalidArgumentError
 from services.common.settings import CommonSettings, LogFormat
 from services.inference.settings import InferenceSettings
+from services.model_manager.settings import ModelManagerSettings
 
 
 @pytest.fixture
@@ -87,7 +88,8 @@ def test_invalid_value_is_refused(root: Path):
         CommonSettings.load([])
 
 
-def test_readme_documents_every_setting():
+@pytest.mark.parametrize("settings_class", [InferenceSettings, ModelManagerSettings])
+def test_readme_documents_every_setting(settings_class: type[CommonSettings]):
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    for name in InferenceSettings.model_fields:
+    for name in settings_class.model_fields:
         assert f"`{name}`" in readme, f"README.md does not document the setting {name}"

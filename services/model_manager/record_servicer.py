@@ -1,0 +1,66 @@
+"""ModelRecordService over gRPC: each RPC is one call into the record store.
+
+Store calls block (SQLite, file writes), so they run in worker threads; the store's own
+lock keeps them consistent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from easel.model_manager.v1 import model_record_service_pb2 as pb
+from easel.model_manager.v1 import model_record_service_pb2_grpc
+from services.common import paging
+from services.model_manager import proto_convert as convert
+from services.model_manager.record_store import ModelRecordStore
+
+
+class ModelRecordServicer(model_record_service_pb2_grpc.ModelRecordServiceServicer):
+    def __init__(self, store: ModelRecordStore, models_dir: Path) -> None:
+        self._store = store
+        self._models_dir = models_dir
+
+    async def GetModel(self, request, context):
+        config = await asyncio.to_thread(self._store.get, convert.required_key(request.key))
+        return pb.GetModelResponse(model=convert.config_to_pb(config))
+
+    async def CheckModelExists(self, request, context):
+        exists = await asyncio.to_thread(self._store.exists, convert.required_key(request.key))
+        return pb.CheckModelExistsResponse(exists=exists)
+
+    async def ListModels(self, request, context):
+        query = convert.model_query(request)
+        size = paging.page_size(request.page_size)
+        fingerprint = convert.query_fingerprint(query)
+        offset = paging.page_offset(request.page_token, fingerprint)
+        page, total = await asyncio.to_thread(self._store.search_page, query, offset, size)
+        more = offset + size < total
+        return pb.ListModelsResponse(
+            models=[convert.config_to_pb(config) for config in page],
+            next_page_token=paging.next_page_token(offset + size, fingerprint) if more else "",
+            total_size=total,
+        )
+
+    async def FindModel(self, request, context):
+        config = await asyncio.to_thread(self._store.find, *convert.find_arguments(request))
+        return pb.FindModelResponse(model=convert.config_to_pb(config))
+
+    async def CreateModel(self, request, context):
+        config = await asyncio.to_thread(self._store.add, convert.new_config(request))
+        return pb.CreateModelResponse(model=convert.config_to_pb(config))
+
+    async def UpdateModel(self, request, context):
+        key = convert.required_key(request.key)
+        changes, field = convert.update_changes(request)
+        with convert.in_request_terms(request):
+            config = await asyncio.to_thread(self._store.update, key, changes, field=field)
+        return pb.UpdateModelResponse(model=convert.config_to_pb(config))
+
+    async def DeleteModel(self, request, context):
+        config = await asyncio.to_thread(self._store.delete, convert.required_key(request.key))
+        return pb.DeleteModelResponse(model=convert.config_to_pb(config))
+
+    async def GetStoreInfo(self, request, context):
+        count = await asyncio.to_thread(self._store.count)
+        return convert.store_info(self._store, count, str(self._models_dir))
