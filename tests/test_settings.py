@@ -9,6 +9,7 @@ from pydantic import ValidationError
 
 from services.common.errors import InvalidArgumentError
 from services.common.settings import CommonSettings, LogFormat
+from services.downloader.settings import DownloaderSettings
 from services.inference.settings import InferenceSettings
 from services.model_manager.settings import ModelManagerSettings
 
@@ -88,7 +89,9 @@ def test_invalid_value_is_refused(root: Path):
         CommonSettings.load([])
 
 
-@pytest.mark.parametrize("settings_class", [InferenceSettings, ModelManagerSettings])
+@pytest.mark.parametrize(
+    "settings_class", [InferenceSettings, ModelManagerSettings, DownloaderSettings]
+)
 def test_readme_documents_every_setting(settings_class: type[CommonSettings]):
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     for name in settings_class.model_fields:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import Sequence
 from functools import partial
+
+import structlog
 
 from easel.model_manager.v1 import (
     model_install_service_pb2,
@@ -13,15 +16,39 @@ from easel.model_manager.v1 import (
     model_record_service_pb2_grpc,
 )
 from services.common.server import ServiceServer, run_process
+from services.model_manager.download_cache import DownloadCache
+from services.model_manager.downloader_client import DownloaderClient
+from services.model_manager.hf_repo import HuggingFaceRepo
+from services.model_manager.install_servicer import ModelInstallServicer
+from services.model_manager.installer import ModelInstaller
 from services.model_manager.record_servicer import ModelRecordServicer
 from services.model_manager.record_store import open_record_store
 from services.model_manager.settings import ModelManagerSettings
 
 DOMAIN = "easel.model_manager.v1"
 
+log = structlog.get_logger(__name__)
+
 
 async def build(server: ServiceServer, settings: ModelManagerSettings) -> None:
     store = open_record_store(settings.model_config_db)
+    downloads = DownloaderClient(settings)
+    hub = HuggingFaceRepo(settings.hf_endpoint)
+    installer = ModelInstaller(settings, store, downloads, hub)
+    cache_folder = settings.models_dir / ".cache" / "downloads"
+    cache = DownloadCache(cache_folder, settings.download_cache_bytes, downloads, hub)
+    report = await asyncio.to_thread(
+        installer.sync,
+        remove_missing=settings.remove_missing_models,
+        dry_run=False,
+        register_new=settings.register_found_models,
+    )
+    for config, removed in report.missing:
+        log.warning("model files missing", key=config.key, path=config.path, removed=removed)
+    for config, _ in report.found:
+        log.info("registered a model found in models_dir", key=config.key, path=config.path)
+    for path, error in report.failed:
+        log.warning("cannot register", path=str(path), reason=error.reason, error=error.message)
     server.add_service(
         model_record_service_pb2,
         model_record_service_pb2_grpc,
@@ -29,13 +56,18 @@ async def build(server: ServiceServer, settings: ModelManagerSettings) -> None:
         ModelRecordServicer(store, settings.models_dir),
     )
     server.add_service(
-        model_install_service_pb2, model_install_service_pb2_grpc, "ModelInstallService"
+        model_install_service_pb2,
+        model_install_service_pb2_grpc,
+        "ModelInstallService",
+        ModelInstallServicer(installer, cache, store),
     )
+    server.on_stopping(installer.shutdown)
 
-    async def close_store() -> None:
+    async def close() -> None:
+        await downloads.close()
         store.close()
 
-    server.on_shutdown(close_store)
+    server.on_shutdown(close)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

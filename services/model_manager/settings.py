@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from services.common.settings import DEFAULT_ROOT, CommonSettings
 
@@ -19,6 +19,32 @@ class ModelManagerSettings(CommonSettings):
     model_config_db: Path = Path("databases/models.db")
     """The model record store: a SQLite file (.db, .sqlite) or a YAML file (.yaml, .yml),
     chosen by its extension; relative to the root."""
+
+    import_roots: list[Path] = Field(default_factory=list)
+    """Folders (besides models_dir) local models may be probed, registered or installed
+    from; the root when empty. Relative values are relative to the root."""
+
+    allow_unconditional_delete: bool = False
+    """Let UninstallModel delete model files outside models_dir."""
+
+    remove_missing_models: bool = False
+    """At start, remove records whose files have vanished (they are reported either way)."""
+
+    register_found_models: bool = False
+    """At start, register models found in models_dir/<base>/<type>/ that have no record."""
+
+    hf_endpoint: str = "https://huggingface.co"
+    """The HuggingFace Hub that repo ids are fetched from."""
+
+    download_cache_bytes: int = Field(default=20 * 1024**3, ge=0)
+    """Size limit of models/.cache/downloads (DownloadAndCache); least recently used
+    entries are evicted beyond it."""
+
+    @property
+    def install_roots(self) -> list[Path]:
+        """Where local model paths named by callers may lie."""
+        roots = [(self.root / root).resolve() for root in self.import_roots] or [self.root]
+        return [self.models_dir, *roots]
 
     @field_validator("models_dir", "model_config_db")
     @classmethod
