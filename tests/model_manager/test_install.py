@@ -272,7 +272,7 @@ async def test_files_that_are_no_model(suite, model_zoo: ModelZoo):
     assert suite.files() == []
 
     named = await suite.install_and_wait(
-        heuristic_source=str(model_zoo.unknown_weights.rename(suite.root / "w.safetensors")),
+        heuristic_source=str(suite.source(model_zoo.unknown_weights)),
         config={"type": "lora", "base": "sd-1"},
     )
     assert named.status == pb.INSTALL_STATUS_COMPLETED, named.error
