@@ -102,14 +102,15 @@ class HubStandIn:
             token = gate.read_text().strip()
             if request.headers.get("Authorization") != f"Bearer {token}":
                 raise _hub_error(401, "GatedRepo", f"Access to model {owner}/{name} is restricted.")
-        folder = (
-            repo_folder
-            if rev in ("main", Revision(f"{owner}/{name}", repo_folder).sha)
-            else (self.root / owner / f"{name}@{rev}")
-        )
-        if not folder.is_dir():
-            raise _hub_error(404, "RevisionNotFound", f"Invalid rev id: {rev}")
-        return Revision(f"{owner}/{name}", folder)
+        branches = {"main": repo_folder} | {
+            folder.name.partition("@")[2]: folder
+            for folder in (self.root / owner).glob(f"{name}@*")
+        }
+        for branch, folder in branches.items():
+            revision = Revision(f"{owner}/{name}", folder)
+            if rev in (branch, revision.sha):
+                return revision
+        raise _hub_error(404, "RevisionNotFound", f"Invalid rev id: {rev}")
 
     async def _info(self, request: web.Request) -> web.Response:
         revision = self._revision(request)

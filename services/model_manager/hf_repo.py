@@ -232,10 +232,11 @@ def choose_files(
             continue
         by_folder[str(relative.parent)].append(relative)
     chosen: list[str] = []
-    for files in by_folder.values():
+    for folder, files in by_folder.items():
         configs = [f for f in files if f.suffix not in WEIGHT_SUFFIXES]
         chosen += [prefix + str(f) for f in configs]
-        chosen += [prefix + str(f) for f in _weights(files, variant)]
+        if components is None or folder != ".":  # a pipeline's top level: configs only
+            chosen += [prefix + str(f) for f in _weights(files, variant)]
     return sorted(chosen)
 
 
@@ -253,6 +254,10 @@ def _skipped(path: PurePosixPath, variant: ModelRepoVariant | None) -> bool:
 
 def _weights(files: list[PurePosixPath], variant: ModelRepoVariant | None) -> list[PurePosixPath]:
     weights = [f for f in files if f.suffix in WEIGHT_SUFFIXES]
+    export_suffix = {ModelRepoVariant.FLAX: ".msgpack", ModelRepoVariant.ONNX: ".onnx"}
+    if variant in export_suffix:
+        exported = [f for f in weights if f.suffix == export_suffix[variant]]
+        weights = exported or weights
     if any(f.suffix == ".safetensors" for f in weights):
         weights = [f for f in weights if f.suffix == ".safetensors"]
     wanted = variant.value if variant in (ModelRepoVariant.FP16, ModelRepoVariant.FP32) else None

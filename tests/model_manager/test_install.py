@@ -404,3 +404,51 @@ async def test_probe_returns_the_config_without_installing(suite, model_zoo: Mod
     assert probed.model.name == "my xl"
     assert probed.model.hash == ""
     assert await suite.models() == []
+
+
+async def test_a_single_file_and_a_typed_source_from_a_repo(suite, model_zoo: ModelZoo):
+    publish(suite.hub.root, "org/mixed", model_zoo.sd1_diffusers, model_zoo.sd1_diffusers_fp16)
+    (suite.hub.root / "org/mixed/loras").mkdir()
+    shutil.copy2(model_zoo.sd1_lora, suite.hub.root / "org/mixed/loras/style.safetensors")
+    single = await suite.install_and_wait(heuristic_source="org/mixed::loras/style.safetensors")
+    assert single.status == pb.INSTALL_STATUS_COMPLETED, single.error
+    assert single.config_out.path == "sd-1/lora/style.safetensors"
+
+    typed = pb.HuggingFaceModelSource(
+        repo_id="org/mixed", variant=model_pb2.MODEL_REPO_VARIANT_FP16, subfolder="vae"
+    )
+    vae = await suite.install_and_wait(hugging_face=typed)
+    assert vae.status == pb.INSTALL_STATUS_COMPLETED, vae.error
+    assert vae.source_string == "org/mixed:fp16:vae"
+    folder = suite.models_dir / vae.config_out.path
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "config.json",
+        "diffusion_pytorch_model.fp16.safetensors",
+    ]
+
+
+async def test_a_variant_on_its_own_branch_is_used(suite, model_zoo: ModelZoo):
+    publish(suite.hub.root, "org/branchy", model_zoo.sd1_diffusers)
+    shutil.copytree(model_zoo.sd1_diffusers_fp16, suite.hub.root / "org" / "branchy@fp16")
+    job = await suite.install_and_wait(heuristic_source="org/branchy:fp16")
+    assert job.status == pb.INSTALL_STATUS_COMPLETED, job.error
+    assert any(".fp16." in f for f in suite.files())
+
+
+async def test_jobs_are_listed_by_source_waited_on_together_and_pruned(suite, model_zoo: ModelZoo):
+    sources = [str(suite.source(model)) for model in (model_zoo.sd1_lora, model_zoo.sdxl_lora)]
+    for source in sources:
+        await suite.create(heuristic_source=source)
+    await suite.call(suite.install, "WaitAllInstallJobs", pb.WaitAllInstallJobsRequest())
+    listed = await suite.call(suite.install, "ListInstallJobs", pb.ListInstallJobsRequest())
+    assert [job.status for job in listed.jobs] == [pb.INSTALL_STATUS_COMPLETED] * 2
+    by_source = await suite.call(
+        suite.install, "ListInstallJobs", pb.ListInstallJobsRequest(source=sources[1])
+    )
+    assert [job.source_string for job in by_source.jobs] == [sources[1]]
+    pruned = await suite.call(suite.install, "PruneInstallJobs", pb.PruneInstallJobsRequest())
+    assert list(pruned.pruned_job_ids) == [1, 2]
+    with pytest.raises(errors.NotFoundError) as gone:
+        await suite.call(suite.install, "GetInstallJob", pb.GetInstallJobRequest(id=1))
+    assert gone.value.reason == "INSTALL_JOB_NOT_FOUND"
+    assert len(await suite.models()) == 2  # pruning forgets jobs, not models
