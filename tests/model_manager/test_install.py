@@ -25,6 +25,8 @@ from easel.model_manager.v1 import (
 from easel.model_manager.v1 import model_record_service_pb2 as records_pb
 from services.common import errors
 from services.common.error_status import from_rpc_error
+from services.model_manager.configs import parse_config
+from services.model_manager.record_store import open_record_store
 from tests.hf_hub import HubStandIn
 from tests.model_fixtures import ModelZoo
 from tests.processes import ServiceProcess, start_service, wait_serving
@@ -98,7 +100,13 @@ class Suite:
 
 
 @pytest.fixture
-async def suite(tmp_path, easel_env) -> AsyncIterator[Suite]:
+def suite_settings() -> dict[str, str]:
+    """Extra model manager settings of a test's suite; tests parametrize it."""
+    return {}
+
+
+@pytest.fixture
+async def suite(tmp_path, easel_env, suite_settings) -> AsyncIterator[Suite]:
     hub = HubStandIn(tmp_path / "hub")
     (tmp_path / "hub").mkdir()
     remote = RemoteHost()
@@ -110,6 +118,7 @@ async def suite(tmp_path, easel_env) -> AsyncIterator[Suite]:
         "EASEL_FREE_SPACE_RESERVE_BYTES": "0",
         "EASEL_HF_ENDPOINT": hub.endpoint,
         "HF_HUB_DISABLE_XET": "1",
+        **{f"EASEL_{name.upper()}": value for name, value in suite_settings.items()},
     }
     downloader = start_service("downloader", env, tmp_path)
     model_manager = start_service("model_manager", env, tmp_path)
@@ -452,3 +461,69 @@ async def test_jobs_are_listed_by_source_waited_on_together_and_pruned(suite, mo
         await suite.call(suite.install, "GetInstallJob", pb.GetInstallJobRequest(id=1))
     assert gone.value.reason == "INSTALL_JOB_NOT_FOUND"
     assert len(await suite.models()) == 2  # pruning forgets jobs, not models
+
+
+@pytest.mark.parametrize("suite_settings", [{"allow_unconditional_delete": "true"}])
+async def test_unconditional_delete_when_the_server_allows_it(suite, model_zoo: ModelZoo):
+    outside = suite.source(model_zoo.sd1_lora)
+    request = pb.RegisterPathRequest(path=str(outside))
+    registered = (await suite.call(suite.install, "RegisterPath", request)).model
+    request = pb.UninstallModelRequest(
+        key=registered.key, mode=pb.UNINSTALL_MODE_DELETE_UNCONDITIONALLY
+    )
+    done = await suite.call(suite.install, "UninstallModel", request)
+    assert done.files_deleted
+    assert not outside.exists()
+
+    kept = suite.source(model_zoo.vae_checkpoint)
+    request = pb.RegisterPathRequest(path=str(kept))
+    registered = (await suite.call(suite.install, "RegisterPath", request)).model
+    request = pb.UninstallModelRequest(key=registered.key, mode=pb.UNINSTALL_MODE_UNREGISTER)
+    assert not (await suite.call(suite.install, "UninstallModel", request)).files_deleted
+    assert kept.exists()
+
+
+@pytest.mark.parametrize("suite_settings", [{"download_cache_bytes": "3000"}])
+async def test_the_download_cache_evicts_the_least_recently_used(suite):
+    for name in ("a", "b", "c"):
+        suite.remote.add(name, 1500)
+
+    async def cached(name: str) -> bool:
+        request = pb.DownloadAndCacheRequest(source=suite.remote.url(f"/files/{name}"))
+        return (await suite.call(suite.install, "DownloadAndCache", request)).cached
+
+    assert [await cached(name) for name in ("a", "b")] == [False, False]
+    await asyncio.sleep(0.02)  # distinct use times
+    assert await cached("a")  # a is now the most recently used
+    await asyncio.sleep(0.02)
+    assert not await cached("c")  # over the limit: b, the least recently used, goes
+    assert [await cached(name) for name in ("a", "c", "b")] == [True, True, False]
+
+
+async def test_start_up_sync_follows_its_settings(tmp_path, easel_env, model_zoo: ModelZoo):
+    root = Path(easel_env["EASEL_ROOT"])
+    models_dir = root / "models"
+    store = open_record_store(root / "databases" / "models.db")
+    gone = parse_config(
+        {"name": "gone", "base": "sd-1", "type": "lora", "format": "lycoris", "path": "x.bin"}
+    )
+    store.add(gone)
+    store.close()
+    dropped = models_dir / "sd-1" / "lora" / "dropped.safetensors"
+    dropped.parent.mkdir(parents=True)
+    shutil.copy2(model_zoo.sd1_lora, dropped)
+    env = {
+        **easel_env,
+        "EASEL_REMOVE_MISSING_MODELS": "true",
+        "EASEL_REGISTER_FOUND_MODELS": "true",
+    }
+    service = start_service("model_manager", env, tmp_path)
+    try:
+        await asyncio.to_thread(wait_serving, service)
+        async with grpc.aio.insecure_channel(service.address) as channel:
+            stub = model_record_service_pb2_grpc.ModelRecordServiceStub(channel)
+            listed = await stub.ListModels(records_pb.ListModelsRequest())
+    finally:
+        service.stop()
+    assert [model.path for model in listed.models] == ["sd-1/lora/dropped.safetensors"]
+    assert "model files missing" in service.log()
