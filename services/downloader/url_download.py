@@ -25,6 +25,7 @@ from services.downloader.jobs import DownloadJob, DownloadPart, TransferError
 from services.downloader.transfer_threads import TransferThreads
 
 READ_BUFFER_BYTES = 4 * 1024 * 1024
+RECEIVE_BYTES = 4 * 1024 * 1024
 MAX_REDIRECTS = 10
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=120)
@@ -138,6 +139,7 @@ class UrlDownloader:
             partial.parent.mkdir(parents=True, exist_ok=True)
             self._check_free_space(partial.parent, max(part.total_bytes - offset, 0))
             part.bytes = offset
+            _receive_in_large_reads(response)
             async with BackgroundFileWriter(partial, append=resumed) as writer:
                 async for chunk in response.content.iter_any():
                     await writer.write(chunk)
@@ -219,6 +221,16 @@ class _FromTransferThread:
 
     def bytes_received(self, part: DownloadPart) -> None:
         self._observer.bytes_received(part)
+
+
+def _receive_in_large_reads(response: aiohttp.ClientResponse) -> None:
+    """asyncio's socket transport takes at most 256 KiB per recv() (its `max_size`); at
+    gigabytes a second the per-read cost is what bounds a download, so a download's
+    connection reads up to RECEIVE_BYTES at once. Measured with `bench/downloads.py`: 8
+    parallel downloads go from 0.7x to 1.05x the throughput of 8 curls."""
+    transport = response.connection.transport if response.connection is not None else None
+    if transport is not None and hasattr(transport, "max_size"):
+        transport.max_size = RECEIVE_BYTES
 
 
 class _StartOver(Exception):
