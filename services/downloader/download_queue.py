@@ -510,6 +510,7 @@ class DownloadQueue:
             part.status = Status.RUNNING
             if job.move and rename_into_place(source, final):
                 part.bytes = part.total_bytes
+                part.status = Status.COMPLETED
                 return
             partial = job.partial_path(part)
             assert partial is not None
