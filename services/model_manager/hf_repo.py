@@ -22,13 +22,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
+from urllib.parse import quote
 
 import httpx2
-from huggingface_hub import HfApi, hf_hub_url
+from huggingface_hub import HfApi
 from huggingface_hub.constants import HF_HUB_ETAG_TIMEOUT
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError, RevisionNotFoundError
 from huggingface_hub.hf_api import RepoFolder
-from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+from huggingface_hub.utils import (
+    build_hf_headers,
+    get_session,
+    hf_raise_for_status,
+    validate_repo_id,
+)
 
 from services.common import errors
 from services.model_manager.metadata import ModelMetadata, metadata_from_api_response
@@ -113,7 +119,10 @@ class HuggingFaceRepo:
         return await asyncio.to_thread(self._select, repo_id, wanted, narrowed, token or False)
 
     def _metadata(self, repo_id: str, token: str | bool) -> RepoMetadata:
+        """Read with the library's session rather than `HfApi.model_info`, which keeps only
+        the fields it knows: the record stores what the hub said, all of it."""
         with _hub_errors(repo_id, self._endpoint):
+            validate_repo_id(repo_id)
             response = self._get(f"{self._endpoint}/api/models/{repo_id}", token)
             info = response.json()
         fields = vars(metadata_from_api_response(info))
@@ -124,6 +133,8 @@ class HuggingFaceRepo:
     ) -> RepoSelection:
         with _hub_errors(repo_id, self._endpoint):
             revision, sha = self._revision(repo_id, variant, token)
+            # The library gives the tree listing no timeout; it follows a model-info call
+            # that had one, on the same host.
             tree = self._api.list_repo_tree(repo_id, revision=sha, recursive=True, token=token)
             sizes = {entry.path: entry.size for entry in tree if not isinstance(entry, RepoFolder)}
             if subfolder in sizes:
@@ -144,7 +155,7 @@ class HuggingFaceRepo:
                 path=path,
                 local_path=path.removeprefix(prefix) if is_folder else name,
                 size=sizes[path] or 0,
-                url=hf_hub_url(repo_id, path, revision=sha, endpoint=self._endpoint),
+                url=self._file_url(repo_id, sha, path),
             )
             for path in chosen
         ]
@@ -192,9 +203,13 @@ class HuggingFaceRepo:
     def _components(self, repo_id: str, sha: str, index_path: str, token: str | bool) -> set[str]:
         """The folders a pipeline's `model_index.json` names (its components that exist:
         `[library, class]` pairs; `[null, null]` marks one left out)."""
-        url = hf_hub_url(repo_id, index_path, revision=sha, endpoint=self._endpoint)
-        index: dict[str, Any] = self._get(url, token).json()
+        index: dict[str, Any] = self._get(self._file_url(repo_id, sha, index_path), token).json()
         return {key for key, value in index.items() if isinstance(value, list) and any(value)}
+
+    def _file_url(self, repo_id: str, sha: str, path: str) -> str:
+        """A file at one commit. Built here: `hf_hub_url` swaps in an endpoint only when
+        its URL starts with the HF_ENDPOINT seen at import."""
+        return f"{self._endpoint}/{repo_id}/resolve/{sha}/{quote(path)}"
 
     def _get(self, url: str, token: str | bool) -> httpx2.Response:
         headers = build_hf_headers(token=token, library_name=_LIBRARY)
@@ -278,7 +293,12 @@ def _export(path: PurePosixPath) -> ModelRepoVariant | None:
 
 @contextmanager
 def _hub_errors(repo_id: str, endpoint: str) -> Iterator[None]:
-    """Turns the library's errors into domain errors with the install API's reasons."""
+    """Turns the library's errors into domain errors with the install API's reasons.
+
+    The status decides, not the library's exception class: the real hub answers 401 both
+    for a gated or private repo and for one that does not exist (it does not tell them
+    apart for a caller without access), and that is what the caller learns.
+    """
     try:
         yield
     except HfHubHTTPError as exc:

@@ -41,9 +41,7 @@ def test_default_variant_takes_plain_safetensors_and_every_shard():
     chosen = choose_files(PIPELINE, None, components=COMPONENTS)
     assert chosen == sorted(
         [
-            "README.md",
-            "model_index.json",
-            "v1-inference.yaml",
+            "model_index.json",  # a pipeline's top level: its json configs, nothing else
             "scheduler/scheduler_config.json",
             "text_encoder/config.json",
             "text_encoder/model.safetensors",
