@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Generic, Self, TypeVar
+
+from services.common.errors import UnavailableError
 
 DEFAULT_BUFFER_SIZE = 1024
 
@@ -103,3 +105,44 @@ class EventBus(Generic[E]):
     def _deliver(self, event: E) -> None:
         for subscription in tuple(self._subscriptions):
             subscription.offer(event)
+
+
+async def follow(
+    subscription: Subscription[E], closing: asyncio.Event, service: str
+) -> AsyncIterator[Delivery[E]]:
+    """The deliveries of `subscription` for a `Watch…` stream, until its reader stops; when
+    the service starts shutting down (`closing`), the stream ends UNAVAILABLE at once
+    rather than holding the shutdown for its grace period."""
+    closed = asyncio.ensure_future(closing.wait())
+    delivery: asyncio.Future[Delivery[E]] | None = None
+    try:
+        while True:
+            delivery = asyncio.ensure_future(anext(subscription))
+            await asyncio.wait([delivery, closed], return_when=asyncio.FIRST_COMPLETED)
+            if not delivery.done():
+                raise UnavailableError(f"the {service} is shutting down")
+            yield delivery.result()
+    finally:
+        closed.cancel()
+        if delivery is not None:
+            delivery.cancel()
+        subscription.close()
+
+
+class ChangeSignal:
+    """Lets coroutines wait, without polling, until a condition on changing state holds:
+    whoever changes the state calls `notify`, and every waiter re-checks its condition."""
+
+    def __init__(self) -> None:
+        self._changed = asyncio.Event()
+
+    def notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def wait_until(self, done: Callable[[], bool]) -> None:
+        while True:
+            changed = self._changed
+            if done():
+                return
+            await changed.wait()

@@ -14,7 +14,7 @@ import contextlib
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -25,7 +25,7 @@ from yarl import URL
 
 from services.common import errors
 from services.common.allowed_roots import resolve_within
-from services.common.event_bus import EventBus, Subscription
+from services.common.event_bus import ChangeSignal, EventBus, Subscription
 from services.downloader.address_guard import AddressGuard, AddressNotAllowedError
 from services.downloader.file_names import is_plain_name, is_safe_relative_path
 from services.downloader.job_store import DownloadJobStore
@@ -103,7 +103,7 @@ class DownloadQueue:
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._stop_reasons: dict[int, _StopReason] = {}
         self._sequence = 0
-        self._changed = asyncio.Event()
+        self._changed = ChangeSignal()
         self.closing = asyncio.Event()
         self.events: EventBus[DownloadEvent] = EventBus()
 
@@ -204,7 +204,7 @@ class DownloadQueue:
 
     async def wait(self, job_id: int) -> DownloadJob:
         job = self.get(job_id)
-        await self._wait_until(lambda: job.status.terminal)
+        await self._changed.wait_until(lambda: job.status.terminal)
         return job
 
     async def wait_all(self) -> list[DownloadJob]:
@@ -216,7 +216,7 @@ class DownloadQueue:
             seen.update(active)
             return not active
 
-        await self._wait_until(idle)
+        await self._changed.wait_until(idle)
         return [self._jobs[job_id] for job_id in sorted(seen) if job_id in self._jobs]
 
     def watch(
@@ -605,7 +605,7 @@ class DownloadQueue:
     def _save_and_publish(self, job: DownloadJob) -> None:
         self._store.save(job)
         self.events.publish(JobChanged(job.model_copy(deep=True), now()))
-        self._notify()
+        self._changed.notify()
 
     def publish_progress(self, job: DownloadJob) -> None:
         parts = tuple((p.bytes, p.total_bytes, p.status) for p in job.parts)
@@ -615,17 +615,6 @@ class DownloadQueue:
         if job.kind is DownloadJobKind.URL:
             job.destination = part.destination
         self._save_and_publish(job)
-
-    def _notify(self) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()
-
-    async def _wait_until(self, done: Callable[[], bool]) -> None:
-        while True:
-            changed = self._changed
-            if done():
-                return
-            await changed.wait()
 
 
 class _Progress:

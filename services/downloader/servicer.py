@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from grpc import aio
 
 from easel.downloader.v1 import download_service_pb2 as pb
 from easel.downloader.v1 import download_service_pb2_grpc
 from services.common import errors, paging
+from services.common.event_bus import follow
 from services.downloader import proto_convert as convert
 from services.downloader.download_queue import DownloadQueue
 from services.downloader.jobs import JobChanged, now
@@ -78,26 +77,17 @@ class DownloadServicer(download_service_pb2_grpc.DownloadServiceServicer):
             raise errors.InvalidArgumentError("job ids must be 1 or more", field="job_ids")
         subscription, snapshot = self._queue.watch(request.job_ids)
         unfinished = {job.id for job in snapshot if not job.status.terminal}
-        closing = asyncio.ensure_future(self._queue.closing.wait())
-        delivery: asyncio.Future | None = None
         try:
             for job in snapshot:
                 yield convert.event_to_pb(JobChanged(job, now()), 0)
             if request.job_ids and not unfinished:
                 return
-            while True:
-                delivery = asyncio.ensure_future(anext(subscription))
-                await asyncio.wait([delivery, closing], return_when=asyncio.FIRST_COMPLETED)
-                if not delivery.done():
-                    raise errors.UnavailableError("the downloader is shutting down")
-                event = delivery.result().event
-                yield convert.event_to_pb(event, delivery.result().dropped_before)
+            async for delivery in follow(subscription, self._queue.closing, "downloader"):
+                yield convert.event_to_pb(delivery.event, delivery.dropped_before)
+                event = delivery.event
                 if isinstance(event, JobChanged) and event.job.status.terminal:
                     unfinished.discard(event.job.id)
                     if request.job_ids and not unfinished:
                         return
         finally:
-            closing.cancel()
-            if delivery is not None:
-                delivery.cancel()
             subscription.close()

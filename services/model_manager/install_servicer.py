@@ -13,6 +13,7 @@ from grpc import aio
 from easel.model_manager.v1 import model_install_service_pb2 as pb
 from easel.model_manager.v1 import model_install_service_pb2_grpc
 from services.common import errors, paging
+from services.common.event_bus import follow
 from services.model_manager import proto_convert as convert
 from services.model_manager.download_cache import DownloadCache
 from services.model_manager.install_jobs import InstallEvent, InstallEventKind
@@ -79,29 +80,19 @@ class ModelInstallServicer(model_install_service_pb2_grpc.ModelInstallServiceSer
             raise errors.InvalidArgumentError("job ids must be 1 or more", field="job_ids")
         subscription, snapshot = self._installer.watch(request.job_ids)
         unfinished = {job.id for job in snapshot if not job.status.terminal}
-        closing = asyncio.ensure_future(self._installer.closing.wait())
-        delivery: asyncio.Future | None = None
         try:
             for job in snapshot:
                 event = InstallEvent(InstallEventKind.SNAPSHOT, job, datetime.now(UTC))
                 yield convert.install_event_to_pb(event, 0)
             if request.job_ids and not unfinished:
                 return
-            while True:
-                delivery = asyncio.ensure_future(anext(subscription))
-                await asyncio.wait([delivery, closing], return_when=asyncio.FIRST_COMPLETED)
-                if not delivery.done():
-                    raise errors.UnavailableError("the model manager is shutting down")
-                event = delivery.result().event
-                yield convert.install_event_to_pb(event, delivery.result().dropped_before)
-                if event.job.status.terminal:
-                    unfinished.discard(event.job.id)
+            async for delivery in follow(subscription, self._installer.closing, "model manager"):
+                yield convert.install_event_to_pb(delivery.event, delivery.dropped_before)
+                if delivery.event.job.status.terminal:
+                    unfinished.discard(delivery.event.job.id)
                     if request.job_ids and not unfinished:
                         return
         finally:
-            closing.cancel()
-            if delivery is not None:
-                delivery.cancel()
             subscription.close()
 
     async def RegisterPath(self, request, context):

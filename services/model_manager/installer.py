@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import itertools
 import shutil
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -25,7 +25,7 @@ import structlog
 from easel.downloader.v1 import download_service_pb2 as download_pb
 from services.common import errors
 from services.common.allowed_roots import resolve_within
-from services.common.event_bus import EventBus, Subscription
+from services.common.event_bus import ChangeSignal, EventBus, Subscription
 from services.model_manager.configs import AnyModelConfig, parse_config
 from services.model_manager.downloader_client import (
     DownloadCancelledError,
@@ -108,7 +108,7 @@ class ModelInstaller:
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._ids = itertools.count(1)
         self._placing = asyncio.Lock()
-        self._changed = asyncio.Event()
+        self._changed = ChangeSignal()
         self.closing = asyncio.Event()
         self.events: EventBus[InstallEvent] = EventBus()
 
@@ -289,7 +289,7 @@ class ModelInstaller:
 
     async def wait_job(self, job_id: int) -> InstallJob:
         job = self.get_job(job_id)
-        await self._wait_until(lambda: job.status.terminal)
+        await self._changed.wait_until(lambda: job.status.terminal)
         return job
 
     async def wait_all(self) -> list[InstallJob]:
@@ -300,7 +300,7 @@ class ModelInstaller:
             seen.update(active)
             return not active
 
-        await self._wait_until(idle)
+        await self._changed.wait_until(idle)
         return [self._jobs[job_id] for job_id in sorted(seen) if job_id in self._jobs]
 
     def watch(self, job_ids: Iterable[int]) -> tuple[Subscription[InstallEvent], list[InstallJob]]:
@@ -439,12 +439,4 @@ class ModelInstaller:
 
     def _publish(self, job: InstallJob, kind: InstallEventKind) -> None:
         self.events.publish(InstallEvent(kind, job.model_copy(deep=True), datetime.now(UTC)))
-        self._changed.set()
-        self._changed = asyncio.Event()
-
-    async def _wait_until(self, done: Callable[[], bool]) -> None:
-        while True:
-            changed = self._changed
-            if done():
-                return
-            await changed.wait()
+        self._changed.notify()
