@@ -27,7 +27,7 @@ from easel.downloader.v1 import download_service_pb2 as pb
 from easel.downloader.v1 import download_service_pb2_grpc
 from tests.processes import free_port, start_service, suite_env, wait_serving
 
-RUNS = 3
+RUNS = 5
 MIB = 1024 * 1024
 BIG = 1024 * MIB
 SHARD = 128 * MIB
