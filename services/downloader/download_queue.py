@@ -25,7 +25,8 @@ from yarl import URL
 
 from services.common import errors
 from services.common.allowed_roots import resolve_within
-from services.common.event_bus import ChangeSignal, EventBus, Subscription
+from services.common.event_bus import Subscription
+from services.common.job_table import JobTable
 from services.downloader.address_guard import AddressGuard, AddressNotAllowedError
 from services.downloader.file_names import is_plain_name, is_safe_relative_path
 from services.downloader.job_store import DownloadJobStore
@@ -99,19 +100,19 @@ class DownloadQueue:
         self._guard = AddressGuard(settings.allowed_networks)
         self._url = UrlDownloader(self._guard, self._check_free_space)
         self._slots = TransferSlots(settings.max_parallel_downloads)
-        self._jobs: dict[int, DownloadJob] = {}
+        self._jobs: JobTable[DownloadJob, DownloadEvent] = JobTable(
+            "download job", "DOWNLOAD_JOB_NOT_FOUND", lambda job: job.status.terminal
+        )
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._stop_reasons: dict[int, _StopReason] = {}
         self._sequence = 0
-        self._changed = ChangeSignal()
         self.closing = asyncio.Event()
-        self.events: EventBus[DownloadEvent] = EventBus()
 
     async def start(self) -> None:
         """Open the HTTP session and resume the jobs a previous run left unfinished."""
         await self._url.start()
         for job in self._store.load_all():
-            self._jobs[job.id] = job
+            self._jobs.add(job)
             self._sequence = max(self._sequence, job.job_sequence)
             for part in job.parts:
                 partial = job.partial_path(part)
@@ -135,7 +136,7 @@ class DownloadQueue:
     def create(self, new: NewDownload) -> DownloadJob:
         """Validate `new` completely, then create its job (nothing is left on a refusal)."""
         job = self._new_job(new)
-        self._jobs[job.id] = job
+        self._jobs.add(job)
         if new.start_later:
             self._save_and_publish(job)
         else:
@@ -143,26 +144,15 @@ class DownloadQueue:
         return job
 
     def get(self, job_id: int) -> DownloadJob:
-        if job_id < 1:
-            raise errors.InvalidArgumentError("id must be 1 or more", field="id")
-        try:
-            return self._jobs[job_id]
-        except KeyError:
-            raise errors.NotFoundError(
-                f"download job {job_id} does not exist",
-                reason="DOWNLOAD_JOB_NOT_FOUND",
-                metadata={"job_id": str(job_id)},
-            ) from None
+        return self._jobs.get(job_id)
 
     def list(self, statuses: Iterable[Status] = ()) -> list[DownloadJob]:
         wanted = set(statuses)
-        return [job for _, job in sorted(self._jobs.items()) if not wanted or job.status in wanted]
+        return [job for job in self._jobs.all() if not wanted or job.status in wanted]
 
     def prune(self) -> list[int]:
-        pruned = [job_id for job_id, job in sorted(self._jobs.items()) if job.status.terminal]
+        pruned = self._jobs.prune()
         self._store.delete(pruned)
-        for job_id in pruned:
-            del self._jobs[job_id]
         return pruned
 
     # Control
@@ -203,35 +193,16 @@ class DownloadQueue:
         return [await self.cancel_job(job.id) for job in self.list(unfinished)]
 
     async def wait(self, job_id: int) -> DownloadJob:
-        job = self.get(job_id)
-        await self._changed.wait_until(lambda: job.status.terminal)
-        return job
+        return await self._jobs.wait(job_id)
 
     async def wait_all(self) -> list[DownloadJob]:
         """Wait until nothing is enqueued or running; the jobs that were, by id."""
-        seen: set[int] = set()
-
-        def idle() -> bool:
-            active = {job.id for job in self._jobs.values() if job.status.active}
-            seen.update(active)
-            return not active
-
-        await self._changed.wait_until(idle)
-        return [self._jobs[job_id] for job_id in sorted(seen) if job_id in self._jobs]
+        return await self._jobs.wait_all(lambda job: job.status.active)
 
     def watch(
         self, job_ids: Iterable[int]
     ) -> tuple[Subscription[DownloadEvent], list[DownloadJob]]:
-        """A subscription to the events of `job_ids` (all jobs when empty) and the snapshot
-        it begins with; subscribing first means no event falls between the two."""
-        ids = set(job_ids)
-        watched = [self.get(job_id) for job_id in sorted(ids)]
-        if ids:
-            subscription = self.events.subscribe(lambda event: event.job_id in ids)
-        else:
-            subscription = self.events.subscribe()
-            watched = [job for job in self.list() if not job.status.terminal]
-        return subscription, [job.model_copy(deep=True) for job in watched]
+        return self._jobs.watch(job_ids)
 
     # Validation
 
@@ -604,12 +575,12 @@ class DownloadQueue:
 
     def _save_and_publish(self, job: DownloadJob) -> None:
         self._store.save(job)
-        self.events.publish(JobChanged(job.model_copy(deep=True), now()))
-        self._changed.notify()
+        self._jobs.publish(JobChanged(job.model_copy(deep=True), now()))
 
     def publish_progress(self, job: DownloadJob) -> None:
         parts = tuple((p.bytes, p.total_bytes, p.status) for p in job.parts)
-        self.events.publish(JobProgress(job.id, job.bytes, job.total_bytes, parts, now()))
+        # Straight onto the bus: progress changes no status and may come from a thread.
+        self._jobs.events.publish(JobProgress(job.id, job.bytes, job.total_bytes, parts, now()))
 
     def headers_learnt(self, job: DownloadJob, part: DownloadPart) -> None:
         if job.kind is DownloadJobKind.URL:

@@ -25,7 +25,8 @@ import structlog
 from easel.downloader.v1 import download_service_pb2 as download_pb
 from services.common import errors
 from services.common.allowed_roots import resolve_within
-from services.common.event_bus import ChangeSignal, EventBus, Subscription
+from services.common.event_bus import Subscription
+from services.common.job_table import JobTable
 from services.model_manager.configs import AnyModelConfig, parse_config
 from services.model_manager.downloader_client import (
     DownloadCancelledError,
@@ -104,13 +105,13 @@ class ModelInstaller:
         self._downloads = downloads
         self._hub = hub
         self._staging = settings.models_dir / ".cache" / "installs"
-        self._jobs: dict[int, InstallJob] = {}
+        self._jobs: JobTable[InstallJob, InstallEvent] = JobTable(
+            "install job", "INSTALL_JOB_NOT_FOUND", lambda job: job.status.terminal
+        )
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._ids = itertools.count(1)
         self._placing = asyncio.Lock()
-        self._changed = ChangeSignal()
         self.closing = asyncio.Event()
-        self.events: EventBus[InstallEvent] = EventBus()
 
     async def shutdown(self) -> None:
         """Cancel unfinished installs (they leave nothing behind) and end watches."""
@@ -240,21 +241,12 @@ class ModelInstaller:
             config_in=config,
             inplace=isinstance(source, LocalModelSource) and source.inplace,
         )
-        self._jobs[job.id] = job
+        self._jobs.add(job)
         self._tasks[job.id] = asyncio.create_task(self._install(job), name=f"install-{job.id}")
         return job
 
     def get_job(self, job_id: int) -> InstallJob:
-        if job_id < 1:
-            raise errors.InvalidArgumentError("id must be 1 or more", field="id")
-        try:
-            return self._jobs[job_id]
-        except KeyError:
-            raise errors.NotFoundError(
-                f"install job {job_id} does not exist",
-                reason="INSTALL_JOB_NOT_FOUND",
-                metadata={"job_id": str(job_id)},
-            ) from None
+        return self._jobs.get(job_id)
 
     def list_jobs(
         self, source: str = "", statuses: Iterable[InstallStatus] = ()
@@ -262,7 +254,7 @@ class ModelInstaller:
         wanted = set(statuses)
         return [
             job
-            for _, job in sorted(self._jobs.items())
+            for job in self._jobs.all()
             if (not source or str(job.source) == source) and (not wanted or job.status in wanted)
         ]
 
@@ -282,36 +274,16 @@ class ModelInstaller:
         return job
 
     def prune_jobs(self) -> list[int]:
-        pruned = [job_id for job_id, job in sorted(self._jobs.items()) if job.status.terminal]
-        for job_id in pruned:
-            del self._jobs[job_id]
-        return pruned
+        return self._jobs.prune()
 
     async def wait_job(self, job_id: int) -> InstallJob:
-        job = self.get_job(job_id)
-        await self._changed.wait_until(lambda: job.status.terminal)
-        return job
+        return await self._jobs.wait(job_id)
 
     async def wait_all(self) -> list[InstallJob]:
-        seen: set[int] = set()
-
-        def idle() -> bool:
-            active = {job.id for job in self._jobs.values() if not job.status.terminal}
-            seen.update(active)
-            return not active
-
-        await self._changed.wait_until(idle)
-        return [self._jobs[job_id] for job_id in sorted(seen) if job_id in self._jobs]
+        return await self._jobs.wait_all(lambda job: not job.status.terminal)
 
     def watch(self, job_ids: Iterable[int]) -> tuple[Subscription[InstallEvent], list[InstallJob]]:
-        ids = set(job_ids)
-        watched = [self.get_job(job_id) for job_id in sorted(ids)]
-        if ids:
-            subscription = self.events.subscribe(lambda event: event.job_id in ids)
-        else:
-            subscription = self.events.subscribe()
-            watched = [job for job in self.list_jobs() if not job.status.terminal]
-        return subscription, [job.model_copy(deep=True) for job in watched]
+        return self._jobs.watch(job_ids)
 
     async def _install(self, job: InstallJob) -> None:
         staging = self._staging / str(job.id)
@@ -438,5 +410,4 @@ class ModelInstaller:
         log.info("install ended", job_id=job.id, status=status.value, error_type=job.error_type)
 
     def _publish(self, job: InstallJob, kind: InstallEventKind) -> None:
-        self.events.publish(InstallEvent(kind, job.model_copy(deep=True), datetime.now(UTC)))
-        self._changed.notify()
+        self._jobs.publish(InstallEvent(kind, job.model_copy(deep=True), datetime.now(UTC)))
