@@ -471,6 +471,7 @@ class DownloadQueue:
                 part.status = Status.ERROR
                 raise
             part.status = Status.COMPLETED
+            self._store.save(job)  # a restart then skips this file of a multi-file job
 
     async def _run_local(self, job: DownloadJob) -> None:
         part = job.parts[0]

@@ -420,3 +420,26 @@ async def test_max_parallel_downloads_holds_at_all_times(remote, start_downloade
         await asyncio.sleep(0.01)
     assert peak == 2
     assert len(ids) == 5
+
+
+async def test_a_restart_keeps_the_finished_files_of_a_multi_file_job(remote, start_downloader):
+    remote.add("fast.bin", 100_000)
+    slow = remote.add("slow.bin", 3 * 1024 * 1024)
+    downloads = await start_downloader()
+    dest = downloads.root / "multi"
+    files = [
+        pb.MultiFileSourceFile(url=remote.url("/files/fast.bin"), path="fast.bin"),
+        pb.MultiFileSourceFile(url=remote.url("/slow/slow.bin?delay=0.02"), path="slow.bin"),
+    ]
+    job = await downloads.create(multi_file=pb.MultiFileSource(files=files), dest_dir=str(dest))
+    await downloads.until(
+        job.id,
+        lambda j: j.parts[0].status == S.DOWNLOAD_JOB_STATUS_COMPLETED and j.parts[1].bytes > 0,
+    )
+    assert downloads.service.stop() == 0
+
+    restarted = await start_downloader()
+    done = await restarted.wait(job.id)
+    assert done.status == S.DOWNLOAD_JOB_STATUS_COMPLETED
+    assert (dest / "slow.bin").read_bytes() == slow
+    assert len(remote.requests_to("/files/fast.bin")) == 1  # not fetched again
