@@ -8,6 +8,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from easel.downloader.v1 import download_service_pb2 as pb
 from services.common import errors
+from services.common.proto_enums import EnumMap
 from services.downloader.download_queue import DEFAULT_PRIORITY, NewDownload, RemoteFile
 from services.downloader.jobs import (
     DownloadEvent,
@@ -18,21 +19,8 @@ from services.downloader.jobs import (
     JobChanged,
 )
 
-STATUS_TO_PB = {
-    DownloadJobStatus.IDLE: pb.DOWNLOAD_JOB_STATUS_IDLE,
-    DownloadJobStatus.ENQUEUED: pb.DOWNLOAD_JOB_STATUS_ENQUEUED,
-    DownloadJobStatus.RUNNING: pb.DOWNLOAD_JOB_STATUS_RUNNING,
-    DownloadJobStatus.PAUSED: pb.DOWNLOAD_JOB_STATUS_PAUSED,
-    DownloadJobStatus.COMPLETED: pb.DOWNLOAD_JOB_STATUS_COMPLETED,
-    DownloadJobStatus.ERROR: pb.DOWNLOAD_JOB_STATUS_ERROR,
-    DownloadJobStatus.CANCELLED: pb.DOWNLOAD_JOB_STATUS_CANCELLED,
-}
-STATUS_FROM_PB = {value: key for key, value in STATUS_TO_PB.items()}
-KIND_TO_PB = {
-    DownloadJobKind.URL: pb.DOWNLOAD_JOB_KIND_URL,
-    DownloadJobKind.LOCAL_PATH: pb.DOWNLOAD_JOB_KIND_LOCAL_PATH,
-    DownloadJobKind.MULTI_FILE: pb.DOWNLOAD_JOB_KIND_MULTI_FILE,
-}
+STATUS = EnumMap(DownloadJobStatus, pb.DownloadJobStatus)
+KIND = EnumMap(DownloadJobKind, pb.DownloadJobKind)
 
 
 def new_download(request: pb.CreateDownloadJobRequest) -> NewDownload:
@@ -63,19 +51,15 @@ def new_download(request: pb.CreateDownloadJobRequest) -> NewDownload:
 
 
 def statuses(values: list[int]) -> list[DownloadJobStatus]:
-    if pb.DOWNLOAD_JOB_STATUS_UNSPECIFIED in values:
-        raise errors.InvalidArgumentError(
-            "DOWNLOAD_JOB_STATUS_UNSPECIFIED is not a status", field="statuses"
-        )
-    return [STATUS_FROM_PB[value] for value in values]
+    return STATUS.filter(values, "statuses")
 
 
 def job_to_pb(job: DownloadJob) -> pb.DownloadJob:
     single = job.parts[0] if job.kind is not DownloadJobKind.MULTI_FILE else None
     return pb.DownloadJob(
         id=job.id,
-        kind=KIND_TO_PB[job.kind],
-        status=STATUS_TO_PB[job.status],
+        kind=KIND.to_pb(job.kind),
+        status=STATUS.to_pb(job.status),
         source=job.source,
         destination=_path(job.destination),
         dest_dir=_path(job.dest_dir),
@@ -111,7 +95,7 @@ def event_to_pb(event: DownloadEvent, dropped_count: int) -> pb.WatchDownloadsRe
         envelope.progress.total_bytes = event.total_bytes
         for part_bytes, total, status in event.parts:
             envelope.progress.parts.add(
-                bytes=part_bytes, total_bytes=total, status=STATUS_TO_PB[status]
+                bytes=part_bytes, total_bytes=total, status=STATUS.to_pb(status)
             )
     return pb.WatchDownloadsResponse(event=envelope)
 
@@ -122,7 +106,7 @@ def _part_to_pb(part: DownloadPart) -> pb.DownloadPart:
         destination=_path(part.destination),
         bytes=part.bytes,
         total_bytes=part.total_bytes,
-        status=STATUS_TO_PB[part.status],
+        status=STATUS.to_pb(part.status),
     )
 
 

@@ -14,19 +14,18 @@ import dataclasses
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from google.protobuf import json_format, struct_pb2
 from google.protobuf.descriptor import FieldDescriptor
-from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 from google.protobuf.message import Message
 
 from easel.model_manager.v1 import model_install_service_pb2 as install_pb
 from easel.model_manager.v1 import model_pb2
 from easel.model_manager.v1 import model_record_service_pb2 as pb
 from services.common.errors import FieldViolation, InvalidArgumentError
+from services.common.proto_enums import EnumMap
 from services.model_manager.configs import (
     CONFIG_FIELDS,
     INVALID_MODEL_CONFIG,
@@ -62,33 +61,6 @@ from services.model_manager.taxonomy import (
     SchedulerPredictionType,
     SourceType,
 )
-
-
-class EnumMap:
-    """One taxonomy enum and its proto enum, matched by member name."""
-
-    def __init__(self, domain: type[StrEnum], proto: EnumTypeWrapper) -> None:
-        self.proto = proto
-        prefix = proto.DESCRIPTOR.values[0].name.removesuffix("UNSPECIFIED")
-        self._numbers = {member: proto.Value(prefix + member.name) for member in domain}
-        self._members = {number: member for member, number in self._numbers.items()}
-        self._string_forms: dict[str, str | None] = {
-            prefix + member.name: member.value for member in domain
-        }
-        self._string_forms[prefix + "UNSPECIFIED"] = None
-
-    def to_pb(self, member: StrEnum | None) -> int:
-        return 0 if member is None else self._numbers[member]
-
-    def from_pb(self, number: int) -> Any:
-        """The member; None for UNSPECIFIED. A number unknown to this server is returned as
-        is, for validation to reject with the field's name (or a filter to match nothing)."""
-        return None if number == 0 else self._members.get(number, number)
-
-    def string_form(self, value: Any) -> Any:
-        """A dict value with a proto enum name ("BASE_MODEL_TYPE_SDXL") as its string form."""
-        return self._string_forms.get(value, value) if isinstance(value, str) else value
-
 
 BASE = EnumMap(BaseModelType, model_pb2.BaseModelType)
 TYPE = EnumMap(ModelType, model_pb2.ModelType)
@@ -363,20 +335,8 @@ def _config_case(request: pb.CreateModelRequest | pb.UpdateModelRequest) -> str:
 
 # Install service
 
-INSTALL_STATUS = {
-    InstallStatus.WAITING: install_pb.INSTALL_STATUS_WAITING,
-    InstallStatus.DOWNLOADING: install_pb.INSTALL_STATUS_DOWNLOADING,
-    InstallStatus.RUNNING: install_pb.INSTALL_STATUS_RUNNING,
-    InstallStatus.COMPLETED: install_pb.INSTALL_STATUS_COMPLETED,
-    InstallStatus.ERROR: install_pb.INSTALL_STATUS_ERROR,
-    InstallStatus.CANCELLED: install_pb.INSTALL_STATUS_CANCELLED,
-}
-INSTALL_STATUS_FROM_PB = {number: status for status, number in INSTALL_STATUS.items()}
-UNINSTALL_MODES = {
-    install_pb.UNINSTALL_MODE_UNREGISTER: UninstallMode.UNREGISTER,
-    install_pb.UNINSTALL_MODE_DELETE: UninstallMode.DELETE,
-    install_pb.UNINSTALL_MODE_DELETE_UNCONDITIONALLY: UninstallMode.DELETE_UNCONDITIONALLY,
-}
+INSTALL_STATUS = EnumMap(InstallStatus, install_pb.InstallStatus)
+UNINSTALL_MODE = EnumMap(UninstallMode, install_pb.UninstallMode)
 REPO_VARIANT = ENUMS[model_pb2.ModelRepoVariant.DESCRIPTOR.full_name]
 
 
@@ -427,15 +387,11 @@ def install_source(request: install_pb.CreateInstallJobRequest) -> ModelSource:
 
 
 def install_statuses(values: list[int]) -> list[InstallStatus]:
-    if install_pb.INSTALL_STATUS_UNSPECIFIED in values:
-        raise InvalidArgumentError("INSTALL_STATUS_UNSPECIFIED is not a status", field="statuses")
-    return [INSTALL_STATUS_FROM_PB[value] for value in values]
+    return INSTALL_STATUS.filter(values, "statuses")
 
 
 def uninstall_mode(value: int) -> UninstallMode:
-    if value not in UNINSTALL_MODES:
-        raise InvalidArgumentError("mode is required", field="mode")
-    return UNINSTALL_MODES[value]
+    return UNINSTALL_MODE.required(value, "mode")
 
 
 def model_source_to_pb(source: ModelSource) -> install_pb.ModelSource:
@@ -462,7 +418,7 @@ def model_source_to_pb(source: ModelSource) -> install_pb.ModelSource:
 def install_job_to_pb(job: InstallJob) -> install_pb.InstallJob:
     message = install_pb.InstallJob(
         id=job.id,
-        status=INSTALL_STATUS[job.status],
+        status=INSTALL_STATUS.to_pb(job.status),
         inplace=job.inplace,
         source=model_source_to_pb(job.source),
         source_string=str(job.source),

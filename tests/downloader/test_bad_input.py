@@ -216,3 +216,10 @@ async def test_a_redirect_to_a_refused_address_is_refused(remote, start_download
     )
     failed = await downloads.wait(job.id)
     assert failed.error_type == "UNSUPPORTED_SCHEME"
+
+
+@pytest.mark.parametrize("status", [S.DOWNLOAD_JOB_STATUS_UNSPECIFIED, 99])
+async def test_a_status_filter_must_name_real_statuses(downloads, status):
+    with pytest.raises(errors.InvalidArgumentError) as caught:
+        await downloads.call("ListDownloadJobs", pb.ListDownloadJobsRequest(statuses=[status]))
+    assert caught.value.violations[0].field == "statuses"
