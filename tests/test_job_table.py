@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pytest
 from pydantic import BaseModel
 
-from services.common.errors import InvalidArgumentError, NotFoundError
+from services.common.errors import InvalidArgumentError, NotFoundError, UnavailableError
 from services.common.job_table import JobTable
 
 
@@ -23,7 +23,7 @@ class Changed:
 
 
 def table() -> JobTable[Job, Changed]:
-    return JobTable("test job", "TEST_JOB_NOT_FOUND", lambda job: job.done)
+    return JobTable("test service", "test job", "TEST_JOB_NOT_FOUND", lambda job: job.done)
 
 
 async def test_lookup_listing_and_pruning():
@@ -54,16 +54,40 @@ async def test_waiting_wakes_on_published_changes_only():
     assert [j.id for j in await asyncio.wait_for(joined, 1)] == [1]
 
 
-async def test_a_watch_starts_with_a_snapshot_of_what_it_watches():
+def watch(jobs: JobTable[Job, Changed], job_ids: list[int]):
+    return jobs.watch(job_ids, lambda job: Changed(-job.id), lambda event: event.job_id == 2)
+
+
+async def test_a_watch_starts_with_a_snapshot_and_ends_when_its_jobs_are_finished():
     jobs = table()
     jobs.add(Job(id=1, done=True))
     jobs.add(Job(id=2))
-    everything, unfinished = jobs.watch([])
-    named, both = jobs.watch([1, 2])
-    assert [job.id for job in unfinished] == [2]
-    assert [job.id for job in both] == [1, 2]
-    jobs.publish(Changed(2))
+    everything, named = watch(jobs, []), watch(jobs, [1, 2])
+    assert (await anext(everything)).event == Changed(-2)  # unfinished ones only
+    assert [(await anext(named)).event for _ in range(2)] == [Changed(-1), Changed(-2)]
     jobs.publish(Changed(3))
-    assert [(await anext(everything)).event.job_id for _ in range(2)] == [2, 3]
-    assert (await anext(named)).event.job_id == 2
-    assert named.pending() == 0
+    jobs.publish(Changed(2))  # finishes job 2: the named watch ends after it
+    assert [(await anext(everything)).event for _ in range(2)] == [Changed(3), Changed(2)]
+    assert [delivery.event async for delivery in named] == [Changed(2)]
+
+
+async def test_a_watch_of_finished_jobs_ends_after_the_snapshot_and_unknown_ids_fail():
+    jobs = table()
+    jobs.add(Job(id=1, done=True))
+    assert [d.event async for d in watch(jobs, [1])] == [Changed(-1)]
+    with pytest.raises(NotFoundError):
+        await anext(watch(jobs, [5]))
+    with pytest.raises(InvalidArgumentError):
+        await anext(watch(jobs, [0]))
+
+
+async def test_closing_ends_open_watches_unavailable():
+    jobs = table()
+    jobs.add(Job(id=1))
+    open_watch = watch(jobs, [])
+    await anext(open_watch)
+    reading = asyncio.ensure_future(anext(open_watch))
+    await asyncio.sleep(0.01)
+    jobs.close()
+    with pytest.raises(UnavailableError):
+        await asyncio.wait_for(reading, 1)

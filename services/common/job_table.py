@@ -8,13 +8,14 @@ what a job is, and when it is finished or active, stays with each service.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Generic, TypeVar
 
 from pydantic import BaseModel
 
 from services.common import errors
-from services.common.event_bus import ChangeSignal, EventBus, Subscription
+from services.common.event_bus import ChangeSignal, Delivery, EventBus, follow
 
 J = TypeVar("J", bound=BaseModel)  # a job: a pydantic model with an integer `id`
 E = TypeVar("E")  # an event about a job: has a `job_id`
@@ -23,17 +24,22 @@ E = TypeVar("E")  # an event about a job: has a `job_id`
 class JobTable(Generic[J, E]):
     """Jobs by id, their events, and waiting on their changes.
 
-    `noun` names the jobs in messages ("download job"), `not_found_reason` is the
-    ErrorInfo reason of an unknown id, `finished` tells a terminal job.
+    `service` and `noun` name the service and its jobs in messages ("downloader",
+    "download job"), `not_found_reason` is the ErrorInfo reason of an unknown id,
+    `finished` tells a terminal job.
     """
 
-    def __init__(self, noun: str, not_found_reason: str, finished: Callable[[J], bool]) -> None:
+    def __init__(
+        self, service: str, noun: str, not_found_reason: str, finished: Callable[[J], bool]
+    ) -> None:
+        self._service = service
         self._noun = noun
         self._not_found_reason = not_found_reason
         self._finished = finished
         self._jobs: dict[int, J] = {}
         self._changed = ChangeSignal()
         self.events: EventBus[E] = EventBus()
+        self._closing = asyncio.Event()
 
     def add(self, job: J) -> None:
         self._jobs[job.id] = job
@@ -83,15 +89,41 @@ class JobTable(Generic[J, E]):
         await self._changed.wait_until(idle)
         return [self._jobs[job_id] for job_id in sorted(seen) if job_id in self._jobs]
 
-    def watch(self, job_ids: Iterable[int]) -> tuple[Subscription[E], list[J]]:
-        """A subscription to the events of `job_ids` (every job when empty) and the
-        snapshot a watch begins with: the named jobs, or every unfinished one. Subscribing
-        first means no event falls between the two."""
+    def close(self) -> None:
+        """The service is stopping: open watches end UNAVAILABLE."""
+        self._closing.set()
+
+    async def watch(
+        self,
+        job_ids: Iterable[int],
+        snapshot_of: Callable[[J], E],
+        ends_job: Callable[[E], bool],
+    ) -> AsyncIterator[Delivery[E]]:
+        """What a `Watch…` RPC streams: a snapshot of the watched jobs (the named ones, or
+        every unfinished one), then their events. Watching named jobs, it ends once all of
+        them are finished (`ends_job` tells an event that finishes its job); watching all,
+        it runs until the reader stops. Subscribing before the snapshot means no event
+        falls between the two."""
         ids = set(job_ids)
+        if any(job_id < 1 for job_id in ids):
+            raise errors.InvalidArgumentError("job ids must be 1 or more", field="job_ids")
         watched = [self.get(job_id) for job_id in sorted(ids)]
         if ids:
             subscription = self.events.subscribe(lambda event: event.job_id in ids)
         else:
             subscription = self.events.subscribe()
             watched = [job for job in self.all() if not self._finished(job)]
-        return subscription, [job.model_copy(deep=True) for job in watched]
+        unfinished = {job.id for job in watched if not self._finished(job)}
+        try:
+            for job in watched:
+                yield Delivery(snapshot_of(job.model_copy(deep=True)), 0)
+            if ids and not unfinished:
+                return
+            async for delivery in follow(subscription, self._closing, self._service):
+                yield delivery
+                if ends_job(delivery.event):
+                    unfinished.discard(delivery.event.job_id)
+                    if ids and not unfinished:
+                        return
+        finally:
+            subscription.close()

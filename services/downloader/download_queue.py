@@ -14,7 +14,7 @@ import contextlib
 import shutil
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -25,7 +25,7 @@ from yarl import URL
 
 from services.common import errors
 from services.common.allowed_roots import resolve_within
-from services.common.event_bus import Subscription
+from services.common.event_bus import Delivery
 from services.common.job_table import JobTable
 from services.downloader.address_guard import AddressGuard, AddressNotAllowedError
 from services.downloader.file_names import is_plain_name, is_safe_relative_path
@@ -101,12 +101,11 @@ class DownloadQueue:
         self._url = UrlDownloader(self._guard, self._check_free_space)
         self._slots = TransferSlots(settings.max_parallel_downloads)
         self._jobs: JobTable[DownloadJob, DownloadEvent] = JobTable(
-            "download job", "DOWNLOAD_JOB_NOT_FOUND", lambda job: job.status.terminal
+            "downloader", "download job", "DOWNLOAD_JOB_NOT_FOUND", lambda job: job.status.terminal
         )
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._stop_reasons: dict[int, _StopReason] = {}
         self._sequence = 0
-        self.closing = asyncio.Event()
 
     async def start(self) -> None:
         """Open the HTTP session and resume the jobs a previous run left unfinished."""
@@ -124,7 +123,7 @@ class DownloadQueue:
 
     async def shutdown(self) -> None:
         """Stop every running job where it is (partials kept, status unchanged)."""
-        self.closing.set()
+        self._jobs.close()
         for job_id in list(self._tasks):
             self._stop_reasons[job_id] = _StopReason.SHUTDOWN
             self._tasks[job_id].cancel()
@@ -199,10 +198,13 @@ class DownloadQueue:
         """Wait until nothing is enqueued or running; the jobs that were, by id."""
         return await self._jobs.wait_all(lambda job: job.status.active)
 
-    def watch(
-        self, job_ids: Iterable[int]
-    ) -> tuple[Subscription[DownloadEvent], list[DownloadJob]]:
-        return self._jobs.watch(job_ids)
+    def watch(self, job_ids: Iterable[int]) -> AsyncIterator[Delivery[DownloadEvent]]:
+        """A job's snapshot, then its changes and progress, until all watched are finished."""
+        return self._jobs.watch(
+            job_ids,
+            lambda job: JobChanged(job, now()),
+            lambda event: isinstance(event, JobChanged) and event.job.status.terminal,
+        )
 
     # Validation
 

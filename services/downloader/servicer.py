@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-from grpc import aio
-
 from easel.downloader.v1 import download_service_pb2 as pb
 from easel.downloader.v1 import download_service_pb2_grpc
-from services.common import errors, paging
-from services.common.event_bus import follow
+from services.common import paging
 from services.downloader import proto_convert as convert
 from services.downloader.download_queue import DownloadQueue
-from services.downloader.jobs import JobChanged, now
 
 
 class DownloadServicer(download_service_pb2_grpc.DownloadServiceServicer):
@@ -72,22 +68,6 @@ class DownloadServicer(download_service_pb2_grpc.DownloadServiceServicer):
         jobs = await self._queue.wait_all()
         return pb.WaitAllDownloadJobsResponse(jobs=[convert.job_to_pb(job) for job in jobs])
 
-    async def WatchDownloads(self, request, context: aio.ServicerContext):
-        if any(job_id < 1 for job_id in request.job_ids):
-            raise errors.InvalidArgumentError("job ids must be 1 or more", field="job_ids")
-        subscription, snapshot = self._queue.watch(request.job_ids)
-        unfinished = {job.id for job in snapshot if not job.status.terminal}
-        try:
-            for job in snapshot:
-                yield convert.event_to_pb(JobChanged(job, now()), 0)
-            if request.job_ids and not unfinished:
-                return
-            async for delivery in follow(subscription, self._queue.closing, "downloader"):
-                yield convert.event_to_pb(delivery.event, delivery.dropped_before)
-                event = delivery.event
-                if isinstance(event, JobChanged) and event.job.status.terminal:
-                    unfinished.discard(event.job.id)
-                    if request.job_ids and not unfinished:
-                        return
-        finally:
-            subscription.close()
+    async def WatchDownloads(self, request, context):
+        async for delivery in self._queue.watch(request.job_ids):
+            yield convert.event_to_pb(delivery.event, delivery.dropped_before)

@@ -6,17 +6,12 @@ Probing, hashing and moving files block, so those calls run in worker threads.
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
-
-from grpc import aio
 
 from easel.model_manager.v1 import model_install_service_pb2 as pb
 from easel.model_manager.v1 import model_install_service_pb2_grpc
-from services.common import errors, paging
-from services.common.event_bus import follow
+from services.common import paging
 from services.model_manager import proto_convert as convert
 from services.model_manager.download_cache import DownloadCache
-from services.model_manager.install_jobs import InstallEvent, InstallEventKind
 from services.model_manager.installer import ModelInstaller
 from services.model_manager.metadata import metadata_of
 from services.model_manager.record_store import ModelRecordStore
@@ -75,25 +70,9 @@ class ModelInstallServicer(model_install_service_pb2_grpc.ModelInstallServiceSer
         jobs = await self._installer.wait_all()
         return pb.WaitAllInstallJobsResponse(jobs=[convert.install_job_to_pb(j) for j in jobs])
 
-    async def WatchInstallJobs(self, request, context: aio.ServicerContext):
-        if any(job_id < 1 for job_id in request.job_ids):
-            raise errors.InvalidArgumentError("job ids must be 1 or more", field="job_ids")
-        subscription, snapshot = self._installer.watch(request.job_ids)
-        unfinished = {job.id for job in snapshot if not job.status.terminal}
-        try:
-            for job in snapshot:
-                event = InstallEvent(InstallEventKind.SNAPSHOT, job, datetime.now(UTC))
-                yield convert.install_event_to_pb(event, 0)
-            if request.job_ids and not unfinished:
-                return
-            async for delivery in follow(subscription, self._installer.closing, "model manager"):
-                yield convert.install_event_to_pb(delivery.event, delivery.dropped_before)
-                if delivery.event.job.status.terminal:
-                    unfinished.discard(delivery.event.job.id)
-                    if request.job_ids and not unfinished:
-                        return
-        finally:
-            subscription.close()
+    async def WatchInstallJobs(self, request, context):
+        async for delivery in self._installer.watch(request.job_ids):
+            yield convert.install_event_to_pb(delivery.event, delivery.dropped_before)
 
     async def RegisterPath(self, request, context):
         config = await asyncio.to_thread(

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import itertools
 import shutil
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -25,7 +25,7 @@ import structlog
 from easel.downloader.v1 import download_service_pb2 as download_pb
 from services.common import errors
 from services.common.allowed_roots import resolve_within
-from services.common.event_bus import Subscription
+from services.common.event_bus import Delivery
 from services.common.job_table import JobTable
 from services.model_manager.configs import AnyModelConfig, parse_config
 from services.model_manager.downloader_client import (
@@ -106,16 +106,15 @@ class ModelInstaller:
         self._hub = hub
         self._staging = settings.models_dir / ".cache" / "installs"
         self._jobs: JobTable[InstallJob, InstallEvent] = JobTable(
-            "install job", "INSTALL_JOB_NOT_FOUND", lambda job: job.status.terminal
+            "model manager", "install job", "INSTALL_JOB_NOT_FOUND", lambda job: job.status.terminal
         )
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._ids = itertools.count(1)
         self._placing = asyncio.Lock()
-        self.closing = asyncio.Event()
 
     async def shutdown(self) -> None:
         """Cancel unfinished installs (they leave nothing behind) and end watches."""
-        self.closing.set()
+        self._jobs.close()
         for task in self._tasks.values():
             task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
@@ -282,8 +281,13 @@ class ModelInstaller:
     async def wait_all(self) -> list[InstallJob]:
         return await self._jobs.wait_all(lambda job: not job.status.terminal)
 
-    def watch(self, job_ids: Iterable[int]) -> tuple[Subscription[InstallEvent], list[InstallJob]]:
-        return self._jobs.watch(job_ids)
+    def watch(self, job_ids: Iterable[int]) -> AsyncIterator[Delivery[InstallEvent]]:
+        """A job's snapshot, then its events, until all watched are finished."""
+        return self._jobs.watch(
+            job_ids,
+            lambda job: InstallEvent(InstallEventKind.SNAPSHOT, job, datetime.now(UTC)),
+            lambda event: event.job.status.terminal,
+        )
 
     async def _install(self, job: InstallJob) -> None:
         staging = self._staging / str(job.id)
