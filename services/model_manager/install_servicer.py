@@ -10,11 +10,12 @@ import asyncio
 from easel.model_manager.v1 import model_install_service_pb2 as pb
 from easel.model_manager.v1 import model_install_service_pb2_grpc
 from services.common import paging
-from services.model_manager import proto_convert as convert
-from services.model_manager.download_cache import DownloadCache
-from services.model_manager.installer import ModelInstaller
-from services.model_manager.metadata import metadata_of
-from services.model_manager.record_store import ModelRecordStore
+from services.model_manager import install_convert as convert
+from services.model_manager import record_convert
+from services.model_manager.install.download_cache import DownloadCache
+from services.model_manager.install.installer import ModelInstaller
+from services.model_manager.records.metadata import metadata_of
+from services.model_manager.records.record_store import ModelRecordStore
 
 
 class ModelInstallServicer(model_install_service_pb2_grpc.ModelInstallServiceServicer):
@@ -32,7 +33,7 @@ class ModelInstallServicer(model_install_service_pb2_grpc.ModelInstallServiceSer
             convert.config_dict(request.config),
             request.compute_hash,
         )
-        return pb.ProbeModelResponse(model=convert.config_to_pb(config))
+        return pb.ProbeModelResponse(model=record_convert.config_to_pb(config))
 
     async def CreateInstallJob(self, request, context):
         source = convert.install_source(request)
@@ -78,20 +79,20 @@ class ModelInstallServicer(model_install_service_pb2_grpc.ModelInstallServiceSer
         config = await asyncio.to_thread(
             self._installer.register_path, request.path, convert.config_dict(request.config)
         )
-        return pb.RegisterPathResponse(model=convert.config_to_pb(config))
+        return pb.RegisterPathResponse(model=record_convert.config_to_pb(config))
 
     async def InstallPath(self, request, context):
         config = await asyncio.to_thread(
             self._installer.install_path, request.path, convert.config_dict(request.config)
         )
-        return pb.InstallPathResponse(model=convert.config_to_pb(config))
+        return pb.InstallPathResponse(model=record_convert.config_to_pb(config))
 
     async def UninstallModel(self, request, context):
         mode = convert.uninstall_mode(request.mode)
-        key = convert.required_key(request.key)
+        key = record_convert.required_key(request.key)
         done = await asyncio.to_thread(self._installer.uninstall, key, mode)
         return pb.UninstallModelResponse(
-            model=convert.config_to_pb(done.config),
+            model=record_convert.config_to_pb(done.config),
             files_deleted=done.files_deleted,
             path=str(done.path),
         )
@@ -109,5 +110,7 @@ class ModelInstallServicer(model_install_service_pb2_grpc.ModelInstallServiceSer
         return convert.sync_to_pb(report)
 
     async def GetModelMetadata(self, request, context):
-        config = await asyncio.to_thread(self._store.get, convert.required_key(request.key))
-        return pb.GetModelMetadataResponse(metadata=convert.metadata_to_pb(metadata_of(config)))
+        config = await asyncio.to_thread(self._store.get, record_convert.required_key(request.key))
+        return pb.GetModelMetadataResponse(
+            metadata=record_convert.metadata_to_pb(metadata_of(config))
+        )

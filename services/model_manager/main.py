@@ -16,13 +16,13 @@ from easel.model_manager.v1 import (
     model_record_service_pb2_grpc,
 )
 from services.common.server import ServiceServer, run_process
-from services.model_manager.download_cache import DownloadCache
-from services.model_manager.downloader_client import DownloaderClient
-from services.model_manager.hf_repo import HuggingFaceRepo
+from services.model_manager.install.download_cache import DownloadCache
+from services.model_manager.install.downloader_client import DownloaderClient
+from services.model_manager.install.hf_repo import HuggingFaceRepo
+from services.model_manager.install.installer import ModelInstaller
 from services.model_manager.install_servicer import ModelInstallServicer
-from services.model_manager.installer import ModelInstaller
 from services.model_manager.record_servicer import ModelRecordServicer
-from services.model_manager.record_store import open_record_store
+from services.model_manager.records.open_store import open_record_store
 from services.model_manager.settings import ModelManagerSettings
 
 DOMAIN = "easel.model_manager.v1"

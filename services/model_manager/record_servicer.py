@@ -12,8 +12,8 @@ from pathlib import Path
 from easel.model_manager.v1 import model_record_service_pb2 as pb
 from easel.model_manager.v1 import model_record_service_pb2_grpc
 from services.common import paging
-from services.model_manager import proto_convert as convert
-from services.model_manager.record_store import ModelRecordStore
+from services.model_manager import record_convert as convert
+from services.model_manager.records.record_store import ModelRecordStore
 
 
 class ModelRecordServicer(model_record_service_pb2_grpc.ModelRecordServiceServicer):

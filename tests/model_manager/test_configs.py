@@ -8,14 +8,14 @@ from typing import Any
 import pytest
 
 from services.common import errors
-from services.model_manager.configs import (
+from services.model_manager.records.configs import (
     CONFIG_CLASSES,
     FORMATS_BY_TYPE,
     LoraLycorisConfig,
     MainDiffusersConfig,
     parse_config,
 )
-from services.model_manager.taxonomy import HashAlgorithm, ModelFormat, ModelType
+from services.model_manager.records.taxonomy import HashAlgorithm, ModelFormat, ModelType
 
 MINIMAL = {"name": "m", "base": "sd-1", "path": "m"}
 

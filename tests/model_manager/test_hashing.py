@@ -11,7 +11,7 @@ import pytest
 from blake3 import blake3
 
 from services.common.errors import FailedPreconditionError
-from services.model_manager.hashing import hash_model, weight_files
+from services.model_manager.probe.hashing import hash_model, weight_files
 from tests.model_fixtures import ModelZoo
 
 FILES = {

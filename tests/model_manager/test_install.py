@@ -25,8 +25,8 @@ from easel.model_manager.v1 import (
 from easel.model_manager.v1 import model_record_service_pb2 as records_pb
 from services.common import errors
 from services.common.error_status import from_rpc_error
-from services.model_manager.configs import parse_config
-from services.model_manager.record_store import open_record_store
+from services.model_manager.records.configs import parse_config
+from services.model_manager.records.open_store import open_record_store
 from tests.hf_hub import HubStandIn
 from tests.model_fixtures import ModelZoo
 from tests.processes import ServiceProcess, start_service, wait_serving

@@ -18,9 +18,9 @@ from services.common.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
 )
-from services.model_manager.pickle_scan import scan_pickle
-from services.model_manager.probe import probe_model
-from services.model_manager.safetensors_header import TensorInfo, read_safetensors_header
+from services.model_manager.probe.model_probe import probe_model
+from services.model_manager.probe.pickle_scan import scan_pickle
+from services.model_manager.probe.safetensors_header import TensorInfo, read_safetensors_header
 from tests.model_fixtures import (
     IMAGE_ENCODER_ID,
     SDXL_IMAGE_ENCODER_ID,
@@ -408,8 +408,10 @@ def test_pickle_scan_keeps_dtypes(tmp_path: Path) -> None:
 def test_probe_modules_do_not_import_torch() -> None:
     code = (
         "import sys, json\n"
-        "import services.model_manager.probe, services.model_manager.hashing\n"
-        "import services.model_manager.pickle_scan, services.model_manager.safetensors_header\n"
+        "import services.model_manager.probe.model_probe\n"
+        "import services.model_manager.probe.hashing\n"
+        "import services.model_manager.probe.pickle_scan\n"
+        "import services.model_manager.probe.safetensors_header\n"
         "heavy = ('torch', 'numpy', 'safetensors', 'diffusers', 'transformers')\n"
         "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in heavy)))\n"
     )

@@ -14,22 +14,22 @@ import pytest
 import yaml
 
 from services.common import errors
-from services.model_manager import record_store
-from services.model_manager.configs import (
+from services.model_manager.records import record_store
+from services.model_manager.records.configs import (
     CONFIG_CLASSES,
     AnyModelConfig,
     MainCheckpointConfig,
     VaeCheckpointConfig,
     parse_config,
 )
-from services.model_manager.record_store import (
+from services.model_manager.records.open_store import open_record_store
+from services.model_manager.records.record_store import (
     SCHEMA_VERSION,
     ModelQuery,
     ModelRecordStore,
     StoreBackend,
-    open_record_store,
 )
-from services.model_manager.taxonomy import BaseModelType, ModelFormat, ModelType
+from services.model_manager.records.taxonomy import BaseModelType, ModelFormat, ModelType
 
 BLAKE3 = "blake3:" + "ab" * 32
 SHA256 = "sha256:" + "cd" * 32

@@ -37,8 +37,8 @@ from huggingface_hub.utils import (
 )
 
 from services.common import errors
-from services.model_manager.metadata import ModelMetadata, metadata_from_api_response
-from services.model_manager.taxonomy import ModelRepoVariant
+from services.model_manager.records.metadata import ModelMetadata, metadata_from_api_response
+from services.model_manager.records.taxonomy import ModelRepoVariant
 
 _LIBRARY = "easel"
 _CONFIG_SUFFIXES = frozenset({".json", ".txt", ".model"})

@@ -3,8 +3,7 @@
 The interface does the record logic once (duplicate keys and paths, sparse updates, the
 unique name+base+type lookup) on top of a few storage primitives, under one lock per
 store, so both backends behave identically and a rejected write changes nothing.
-`open_record_store` picks the backend by file extension, as the reference's
-`from_db_file` does.
+`open_store.open_record_store` picks the backend by file extension.
 """
 
 from __future__ import annotations
@@ -23,8 +22,8 @@ from services.common.errors import (
     InvalidArgumentError,
     NotFoundError,
 )
-from services.model_manager.configs import AnyModelConfig, apply_changes, now, parse_config
-from services.model_manager.taxonomy import BaseModelType, ModelFormat, ModelType
+from services.model_manager.records.configs import AnyModelConfig, apply_changes, now, parse_config
+from services.model_manager.records.taxonomy import BaseModelType, ModelFormat, ModelType
 
 SCHEMA_VERSION = "3.2"
 """Version of the stored record layout; continues the reference's numbering (its
@@ -223,25 +222,3 @@ def refuse(location: Path, why: str) -> FailedPreconditionError:
         reason=INVALID_RECORD_STORE,
         metadata={"path": str(location)},
     )
-
-
-SQLITE_SUFFIXES = (".db", ".sqlite")
-YAML_SUFFIXES = (".yaml", ".yml")
-
-
-def open_record_store(path: Path) -> ModelRecordStore:
-    """The store in `path`, created when missing: SQLite for .db/.sqlite, YAML for .yaml/.yml.
-
-    A file of the wrong kind, or without the store's schema metadata, is refused with
-    FailedPreconditionError (INVALID_RECORD_STORE) and left untouched.
-    """
-    # The implementations build on this module, so they are imported here, not at the top.
-    from services.model_manager.sqlite_record_store import SqliteModelRecordStore
-    from services.model_manager.yaml_record_store import YamlModelRecordStore
-
-    suffix = path.suffix.lower()
-    if suffix in SQLITE_SUFFIXES:
-        return SqliteModelRecordStore(path)
-    if suffix in YAML_SUFFIXES:
-        return YamlModelRecordStore(path)
-    raise refuse(path, f"the extension must be one of {', '.join(SQLITE_SUFFIXES + YAML_SUFFIXES)}")

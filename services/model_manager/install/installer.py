@@ -27,22 +27,20 @@ from services.common import errors
 from services.common.allowed_roots import resolve_within
 from services.common.event_bus import Delivery
 from services.common.job_table import JobTable
-from services.model_manager.configs import AnyModelConfig, parse_config
-from services.model_manager.downloader_client import (
+from services.model_manager.install.downloader_client import (
     DownloadCancelledError,
     DownloaderClient,
     DownloadProgress,
 )
-from services.model_manager.hashing import hash_model
-from services.model_manager.hf_repo import HuggingFaceRepo
-from services.model_manager.install_jobs import (
+from services.model_manager.install.hf_repo import HuggingFaceRepo
+from services.model_manager.install.install_jobs import (
     InstallEvent,
     InstallEventKind,
     InstallJob,
     InstallPart,
     InstallStatus,
 )
-from services.model_manager.model_files import (
+from services.model_manager.install.model_files import (
     copy_model,
     delete_model_files,
     install_destination,
@@ -50,16 +48,18 @@ from services.model_manager.model_files import (
     on_disk,
     record_path,
 )
-from services.model_manager.model_sources import (
+from services.model_manager.install.model_sources import (
     HuggingFaceModelSource,
     LocalModelSource,
     ModelSource,
     UrlModelSource,
 )
-from services.model_manager.probe import ProbedModel, probe_model
-from services.model_manager.record_store import ModelRecordStore
+from services.model_manager.probe.hashing import hash_model
+from services.model_manager.probe.model_probe import ProbedModel, probe_model
+from services.model_manager.records.configs import AnyModelConfig, parse_config
+from services.model_manager.records.record_store import ModelRecordStore
+from services.model_manager.records.taxonomy import SourceType
 from services.model_manager.settings import ModelManagerSettings
-from services.model_manager.taxonomy import SourceType
 
 log = structlog.get_logger(__name__)
 

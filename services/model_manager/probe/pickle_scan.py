@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from services.common.errors import EaselError, InvalidArgumentError
-from services.model_manager.safetensors_header import TensorInfo, corrupt
+from services.model_manager.probe.safetensors_header import TensorInfo, corrupt
 
 # torch dtype name -> safetensors dtype spelling, so both readers describe tensors alike.
 _DTYPES = {

@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from services.common.errors import FailedPreconditionError, InvalidArgumentError
-from services.model_manager.pickle_scan import scan_pickle
-from services.model_manager.safetensors_header import (
+from services.model_manager.probe.pickle_scan import scan_pickle
+from services.model_manager.probe.safetensors_header import (
     TensorInfo,
     corrupt,
     read_safetensors_header,
 )
-from services.model_manager.taxonomy import (
+from services.model_manager.records.taxonomy import (
     BaseModelType,
     ModelFormat,
     ModelRepoVariant,

@@ -16,8 +16,8 @@ from typing import Any
 
 import yaml
 
-from services.model_manager.configs import AnyModelConfig
-from services.model_manager.record_store import (
+from services.model_manager.records.configs import AnyModelConfig
+from services.model_manager.records.record_store import (
     EVERY_MODEL,
     SCHEMA_VERSION,
     ModelQuery,

@@ -19,10 +19,10 @@ from pathlib import Path
 
 from easel.downloader.v1 import download_service_pb2 as download_pb
 from services.common import errors
-from services.model_manager.downloader_client import DownloaderClient
-from services.model_manager.hf_repo import HuggingFaceRepo
-from services.model_manager.model_files import tree_size
-from services.model_manager.model_sources import (
+from services.model_manager.install.downloader_client import DownloaderClient
+from services.model_manager.install.hf_repo import HuggingFaceRepo
+from services.model_manager.install.model_files import tree_size
+from services.model_manager.install.model_sources import (
     HuggingFaceModelSource,
     LocalModelSource,
     UrlModelSource,

@@ -16,8 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from services.model_manager.configs import AnyModelConfig, config_from_json
-from services.model_manager.record_store import (
+from services.model_manager.records.configs import AnyModelConfig, config_from_json
+from services.model_manager.records.record_store import (
     EVERY_MODEL,
     EXACT_FILTERS,
     SCHEMA_VERSION,

@@ -10,8 +10,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from services.model_manager.configs import AnyModelConfig
-from services.model_manager.model_sources import ModelSource
+from services.model_manager.install.model_sources import ModelSource
+from services.model_manager.records.configs import AnyModelConfig
 
 
 class InstallStatus(StrEnum):

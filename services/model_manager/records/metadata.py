@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from services.common.errors import NotFoundError
-from services.model_manager.configs import AnyModelConfig
+from services.model_manager.records.configs import AnyModelConfig
 
 
 @dataclass(frozen=True)
