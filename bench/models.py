@@ -2,14 +2,15 @@
 
 - Probing reads a safetensors header only, so probing a 2 GiB (sparse) checkpoint must
   cost what probing a 1 MiB one does (`probe_growth` near 1).
-- Hashing a 512 MiB file with BLAKE3 is compared with plainly reading the same file from a
-  warm page cache (`hash_vs_read` = hash throughput / read throughput).
+- Hashing a 512 MiB file is compared, in the same run and from the same warm page cache,
+  with the way InvokeAI hashes a model: BLAKE3 on one thread over 1 MiB reads
+  (`hash_vs_invokeai` = its time / ours; the target is at least 1.5).
 - 10,000 records are added, fetched and searched (by name, by two tags) through a real
   model_manager process and through the same SQLite store called directly; each figure
   is the median per-call time in ms, and a health check through the same server is the
   floor any unary call pays.
 Last line: `models: probe_2g_ms=X probe_growth=R get_grpc_ms=X search_tag_ms=X
-hash_vs_read=R`.
+hash_vs_invokeai=R`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import grpc
+from blake3 import blake3
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from clients.sdk import EaselClient
@@ -41,6 +43,7 @@ PROBES = 200
 HASH_RUNS = 3
 HASH_FILE_MIB = 512
 CHUNK = 16 * 1024**2
+INVOKEAI_READ = 1024**2
 
 
 def median_s(action: Callable[[], object], runs: int) -> float:
@@ -52,11 +55,13 @@ def median_s(action: Callable[[], object], runs: int) -> float:
     return statistics.median(samples)
 
 
-def read_all(path: Path) -> None:
-    buffer = bytearray(CHUNK)
-    with path.open("rb", buffering=0) as file:
-        while file.readinto(buffer):
-            pass
+def hash_as_invokeai(path: Path) -> str:
+    """BLAKE3 as InvokeAI's model hasher runs it: one thread, the file read 1 MiB at a time."""
+    hasher = blake3()
+    with path.open("rb") as file:
+        while chunk := file.read(INVOKEAI_READ):
+            hasher.update(chunk)
+    return hasher.hexdigest()
 
 
 def measure_probe() -> dict[str, float]:
@@ -72,19 +77,19 @@ def measure_probe() -> dict[str, float]:
         with data.open("wb") as file:
             for _ in range(HASH_FILE_MIB * 1024**2 // CHUNK):
                 file.write(block)
-        read_all(data)  # warm the page cache
-        read_s = median_s(lambda: read_all(data), HASH_RUNS)
+        hash_as_invokeai(data)  # warm the page cache
+        invokeai_s = median_s(lambda: hash_as_invokeai(data), HASH_RUNS)
         hash_s = median_s(lambda: hash_model(data), HASH_RUNS)
 
-    read_mib_s = HASH_FILE_MIB / read_s
+    invokeai_mib_s = HASH_FILE_MIB / invokeai_s
     hash_mib_s = HASH_FILE_MIB / hash_s
     return {
         "probe_1m_ms": round(probe_1m, 3),
         "probe_2g_ms": round(probe_2g, 3),
         "probe_growth": round(probe_2g / probe_1m, 2),
         "hash_mib_s": round(hash_mib_s),
-        "read_mib_s": round(read_mib_s),
-        "hash_vs_read": round(hash_mib_s / read_mib_s, 2),
+        "invokeai_hash_mib_s": round(invokeai_mib_s),
+        "hash_vs_invokeai": round(hash_mib_s / invokeai_mib_s, 2),
     }
 
 
@@ -204,7 +209,7 @@ def main() -> None:
     print(
         f"models: probe_2g_ms={probe['probe_2g_ms']} probe_growth={probe['probe_growth']} "
         f"get_grpc_ms={records['get_grpc_ms']} search_tag_ms={records['search_tag_ms']} "
-        f"hash_vs_read={probe['hash_vs_read']}"
+        f"hash_vs_invokeai={probe['hash_vs_invokeai']}"
     )
 
 
