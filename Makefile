@@ -51,6 +51,8 @@ $(STUBS): $(PROTOS) $(VENV)/.installed
 	touch $@
 
 # buf comes from npm (@bufbuild/buf, pinned in package.json); its binary ships in the package.
-$(BUF): package.json
-	npm install --no-audit --no-fund --loglevel=error
+# `npm ci` installs exactly what package-lock.json lists (every platform's binary package is
+# in it) and never rewrites it, so a fresh clone stays clean.
+$(BUF): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
 	touch $@

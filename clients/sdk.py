@@ -30,7 +30,11 @@ from easel.model_manager.v1 import (
     model_install_service_pb2_grpc,
     model_record_service_pb2_grpc,
 )
-from services.common.channels import channel_credentials, message_size_options, outgoing_metadata
+from services.common.call_options import (
+    channel_credentials,
+    message_size_options,
+    outgoing_metadata,
+)
 from services.common.error_status import from_rpc_error
 from services.common.settings import CommonSettings
 

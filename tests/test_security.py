@@ -13,7 +13,7 @@ from clients.sdk import EaselClient
 from easel.downloader.v1 import download_service_pb2, download_service_pb2_grpc
 from services.common import errors
 from services.common.settings import CommonSettings
-from tests.processes import wait_serving
+from tests.processes import client_settings, wait_serving
 
 TOKEN = "test-token-1234"
 
@@ -76,10 +76,21 @@ def test_tls_serves_only_tls_clients(run_service, easel_env, certificate):
 
     wait_serving(service, credentials=grpc.ssl_channel_credentials(cert.read_bytes()))
 
-    settings = CommonSettings(downloader_address=service.address, tls_ca_file=cert)
+    settings = client_settings(easel_env).model_copy(update={"tls_ca_file": cert})
     with EaselClient(settings) as client, pytest.raises(errors.NotFoundError):
         client.downloads.GetDownloadJob(download_service_pb2.GetDownloadJobRequest(id=1))
 
     with grpc.insecure_channel(service.address) as channel, pytest.raises(grpc.RpcError) as plain:
         get_job(channel)
     assert plain.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_the_suites_processes_require_a_token(run_service, easel_env):
+    """Every test suite runs with a token, so calls between services are authenticated."""
+    service = run_service("downloader")
+    wait_serving(service)
+    without = client_settings(easel_env).model_copy(update={"auth_token": None})
+    with EaselClient(without) as client, pytest.raises(errors.UnauthenticatedError):
+        client.downloads.ListDownloadJobs(download_service_pb2.ListDownloadJobsRequest())
+    with EaselClient(client_settings(easel_env)) as client:
+        client.downloads.ListDownloadJobs(download_service_pb2.ListDownloadJobsRequest())

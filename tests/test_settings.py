@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from ipaddress import ip_network
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
 
 from services.common.errors import InvalidArgumentError
 from services.common.settings import CommonSettings, LogFormat
 from services.downloader.settings import DownloaderSettings
 from services.inference.settings import InferenceSettings
 from services.model_manager.settings import ModelManagerSettings
+from tests.processes import REPO
 
 
 @pytest.fixture
@@ -85,8 +89,44 @@ def test_malformed_file_is_refused(root: Path):
 
 def test_invalid_value_is_refused(root: Path):
     (root / "easel.yaml").write_text("shutdown_grace_s: -1\n")
-    with pytest.raises(ValidationError, match="shutdown_grace_s"):
+    with pytest.raises(InvalidArgumentError, match="shutdown_grace_s") as caught:
         CommonSettings.load([])
+    assert [v.field for v in caught.value.violations] == ["shutdown_grace_s"]
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["127.0.0.0/8,10.0.0.0/8", " 127.0.0.0/8 , 10.0.0.0/8 ", '["127.0.0.0/8", "10.0.0.0/8"]'],
+)
+def test_a_list_setting_takes_plain_comma_separated_or_json_values(
+    root: Path, monkeypatch: pytest.MonkeyPatch, value: str
+):
+    monkeypatch.setenv("EASEL_ALLOWED_NETWORKS", value)
+    networks = DownloaderSettings.load([]).allowed_networks
+    assert networks == [ip_network("127.0.0.0/8"), ip_network("10.0.0.0/8")]
+
+    monkeypatch.setenv("EASEL_ALLOWED_NETWORKS", "127.0.0.0/8")
+    assert DownloaderSettings.load([]).allowed_networks == [ip_network("127.0.0.0/8")]
+    monkeypatch.setenv("EASEL_IMPORT_ROOTS", f"{root}/a,{root}/b")
+    assert ModelManagerSettings.load([]).import_roots == [root / "a", root / "b"]
+
+
+@pytest.mark.parametrize("value", ["127.0.0.0/8,not-a-network", "[not json"])
+def test_an_invalid_setting_ends_a_process_with_one_clear_line(root: Path, value: str):
+    env = {**os.environ, "EASEL_ROOT": str(root), "EASEL_ALLOWED_NETWORKS": value}
+    done = subprocess.run(
+        [sys.executable, "-m", "services.downloader.main"],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert done.stdout == ""
+    [line] = done.stderr.splitlines()
+    assert line.startswith("easel-downloader: invalid settings: ")
+    assert "allowed_networks" in line
 
 
 @pytest.mark.parametrize(

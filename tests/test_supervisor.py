@@ -17,7 +17,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.processes import REPO, SERVICE_MODULES
+from tests.processes import REPO, SERVICE_MODULES, address_key, free_port
 
 READY_LINE = "Press Ctrl-C to stop."
 
@@ -84,7 +84,7 @@ def wait_until_gone(pids: dict[str, int], timeout: float = 15) -> list[str]:
 
 def assert_all_serving(env: dict[str, str]) -> None:
     for name in SERVICE_MODULES:
-        with grpc.insecure_channel(env[f"EASEL_{name.upper()}_ADDRESS"]) as channel:
+        with grpc.insecure_channel(env[address_key(name)]) as channel:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(), timeout=5
             )
@@ -92,11 +92,19 @@ def assert_all_serving(env: dict[str, str]) -> None:
 
 
 @pytest.fixture
-def suite(easel_env):
+def suite_env(easel_env: dict[str, str]) -> dict[str, str]:
+    """The supervisor serves the configured addresses, as `make run` does: give it free
+    ports, not port 0."""
+    easel_env.update({address_key(name): f"127.0.0.1:{free_port()}" for name in SERVICE_MODULES})
+    return easel_env
+
+
+@pytest.fixture
+def suite(suite_env):
     started: list[SuiteProcess] = []
 
     def start(command: list[str]) -> SuiteProcess:
-        started.append(SuiteProcess(command, easel_env))
+        started.append(SuiteProcess(command, suite_env))
         return started[-1]
 
     yield start
@@ -104,14 +112,14 @@ def suite(easel_env):
         process.kill_group()
 
 
-def test_make_run_starts_the_suite_and_ctrl_c_stops_it(suite, easel_env):
+def test_make_run_starts_the_suite_and_ctrl_c_stops_it(suite, suite_env):
     run = suite(["make", "--no-print-directory", "run"])
     run.wait_for_line(READY_LINE)
     pids = run.child_pids()
     assert set(pids) == set(SERVICE_MODULES)
     for name in SERVICE_MODULES:
-        assert easel_env[f"EASEL_{name.upper()}_ADDRESS"] in "".join(run.output)
-    assert_all_serving(easel_env)
+        assert suite_env[address_key(name)] in "".join(run.output)
+    assert_all_serving(suite_env)
 
     os.killpg(run.process.pid, signal.SIGINT)  # what Ctrl-C does to the foreground group
     run.process.wait(timeout=30)

@@ -1,7 +1,7 @@
-"""Channels from one Easel process to another.
+"""Asyncio channels from one Easel process to another.
 
-Every outgoing call carries the current request id (so one client request can be followed
-through every service's log) and the bearer token, and uses the suite's TLS settings.
+Every outgoing call, whatever its kind (unary or streaming, either way), carries the
+current request id and the bearer token, and uses the suite's TLS settings.
 """
 
 from __future__ import annotations
@@ -9,37 +9,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import grpc
 from grpc import aio
 
-from services.common.logs import REQUEST_ID_METADATA_KEY, current_request_id
+from services.common.call_options import (
+    channel_credentials,
+    message_size_options,
+    outgoing_metadata,
+)
 from services.common.settings import CommonSettings
 
-
-def message_size_options(settings: CommonSettings) -> list[tuple[str, int]]:
-    return [
-        ("grpc.max_send_message_length", settings.max_message_bytes),
-        ("grpc.max_receive_message_length", settings.max_message_bytes),
-    ]
-
-
-def channel_credentials(settings: CommonSettings) -> grpc.ChannelCredentials | None:
-    """TLS credentials when the suite serves TLS (or a CA is configured), else None."""
-    if settings.tls_cert_file is None and settings.tls_ca_file is None:
-        return None
-    roots = settings.tls_ca_file.read_bytes() if settings.tls_ca_file else None
-    return grpc.ssl_channel_credentials(root_certificates=roots)
-
-
-def outgoing_metadata(auth_token: str | None) -> list[tuple[str, str]]:
-    """Metadata every call sends: the request id being served (or none) and the token."""
-    metadata = []
-    request_id = current_request_id()
-    if request_id:
-        metadata.append((REQUEST_ID_METADATA_KEY, request_id))
-    if auth_token:
-        metadata.append(("authorization", f"Bearer {auth_token}"))
-    return metadata
+Metadata = Callable[[], list[tuple[str, str]]]
 
 
 def open_channel(
@@ -51,7 +30,7 @@ def open_channel(
     for callers that wait for a service to come up.
     """
     token = settings.auth_token.get_secret_value() if settings.auth_token else None
-    interceptors = [_OutgoingMetadata(lambda: outgoing_metadata(token))]
+    interceptors = _interceptors(lambda: outgoing_metadata(token))
     credentials = channel_credentials(settings)
     options = message_size_options(settings)
     if reconnect_backoff_ms is not None:
@@ -65,13 +44,22 @@ def open_channel(
     return aio.secure_channel(address, credentials, options=options, interceptors=interceptors)
 
 
-class _OutgoingMetadata(
-    aio.UnaryUnaryClientInterceptor,
-    aio.UnaryStreamClientInterceptor,
-    aio.StreamUnaryClientInterceptor,
-    aio.StreamStreamClientInterceptor,
-):
-    def __init__(self, metadata: Callable[[], list[tuple[str, str]]]) -> None:
+def _interceptors(metadata: Metadata) -> list[aio.ClientInterceptor]:
+    """One interceptor per call kind, each adding `metadata()` to the calls of its kind.
+
+    One per kind, not one object implementing all four: `grpc.aio` files each interceptor
+    under the first kind it implements only, so such an object would miss every stream.
+    """
+    return [
+        _UnaryUnary(metadata),
+        _UnaryStream(metadata),
+        _StreamUnary(metadata),
+        _StreamStream(metadata),
+    ]
+
+
+class _OutgoingMetadata:
+    def __init__(self, metadata: Metadata) -> None:
         self._metadata = metadata
 
     def _with_metadata(self, details: aio.ClientCallDetails) -> aio.ClientCallDetails:
@@ -83,17 +71,25 @@ class _OutgoingMetadata(
             details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
         )
 
+
+class _UnaryUnary(_OutgoingMetadata, aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(self, continuation, client_call_details, request) -> Any:
         return await continuation(self._with_metadata(client_call_details), request)
 
+
+class _UnaryStream(_OutgoingMetadata, aio.UnaryStreamClientInterceptor):
     async def intercept_unary_stream(self, continuation, client_call_details, request) -> Any:
         return await continuation(self._with_metadata(client_call_details), request)
 
+
+class _StreamUnary(_OutgoingMetadata, aio.StreamUnaryClientInterceptor):
     async def intercept_stream_unary(
         self, continuation, client_call_details, request_iterator
     ) -> Any:
         return await continuation(self._with_metadata(client_call_details), request_iterator)
 
+
+class _StreamStream(_OutgoingMetadata, aio.StreamStreamClientInterceptor):
     async def intercept_stream_stream(
         self, continuation, client_call_details, request_iterator
     ) -> Any:

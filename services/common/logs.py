@@ -1,7 +1,7 @@
 """Structured logging for every process: readable on a terminal, JSON lines otherwise.
 
-The request id of the call being served lives in a context variable, so every line logged
-while serving it carries the id, and every call made to another service passes it on.
+The request id of the call being served is bound to the log context, so every line logged
+while serving it carries the id (and `call_options` passes it on to every call made).
 """
 
 from __future__ import annotations
@@ -9,25 +9,17 @@ from __future__ import annotations
 import logging
 import sys
 import uuid
-from contextvars import ContextVar
 
 import structlog
 
+from services.common.call_options import set_request_id
 from services.common.settings import LogFormat
-
-REQUEST_ID_METADATA_KEY = "x-request-id"
-
-_request_id: ContextVar[str | None] = ContextVar("easel_request_id", default=None)
-
-
-def current_request_id() -> str | None:
-    return _request_id.get()
 
 
 def bind_request_id(request_id: str | None) -> str:
     """Make `request_id` (or a new one) the current call's id and return it."""
     request_id = request_id or uuid.uuid4().hex
-    _request_id.set(request_id)
+    set_request_id(request_id)
     structlog.contextvars.bind_contextvars(request_id=request_id)
     return request_id
 

@@ -1,4 +1,4 @@
-"""Page tokens for List… RPCs: opaque to clients, bound to the request that made them.
+"""Paging of List… RPCs, in one place: page size rules and opaque page tokens.
 
 A token encodes the offset of the next page and a fingerprint of the request's other
 fields, so a token reused with a different filter is refused instead of silently
@@ -10,27 +10,58 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TypeVar
 
 from services.common.errors import InvalidArgumentError
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 
+T = TypeVar("T")
 
-def page_size(requested: int) -> int:
-    """The page size to use: 0 means the default, values above the maximum are capped."""
-    if requested < 0:
+
+@dataclass(frozen=True)
+class Page:
+    """Where the requested page starts and how long it may be."""
+
+    offset: int
+    size: int
+    fingerprint: object
+
+    def next_token(self, total: int) -> str:
+        """The token of the page after this one among `total` items; "" when this is the last."""
+        following = self.offset + self.size
+        if following >= total:
+            return ""
+        payload = json.dumps({"o": following, "f": _digest(self.fingerprint)})
+        return base64.urlsafe_b64encode(payload.encode()).decode()
+
+
+def page(page_size: int, page_token: str, fingerprint: object) -> Page:
+    """The page a request asks for.
+
+    `page_size` 0 means the default and values above the maximum are capped; `fingerprint`
+    holds the request's other fields (its filter), which the token must have been issued
+    for.
+    """
+    if page_size < 0:
         raise InvalidArgumentError("page_size must not be negative", field="page_size")
-    return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+    size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+    return Page(_offset(page_token, fingerprint), size, fingerprint)
 
 
-def next_page_token(offset: int, request_fingerprint: object) -> str:
-    payload = json.dumps({"o": offset, "f": _digest(request_fingerprint)})
-    return base64.urlsafe_b64encode(payload.encode()).decode()
+def paginate(
+    items: Sequence[T], page_size: int, page_token: str, fingerprint: object
+) -> tuple[list[T], str]:
+    """The requested page of `items` (all matches, in order) and the next page's token."""
+    requested = page(page_size, page_token, fingerprint)
+    chosen = list(items[requested.offset : requested.offset + requested.size])
+    return chosen, requested.next_token(len(items))
 
 
-def page_offset(token: str, request_fingerprint: object) -> int:
-    """The offset a token points at; 0 for no token."""
+def _offset(token: str, fingerprint: object) -> int:
     if not token:
         return 0
     try:
@@ -38,7 +69,7 @@ def page_offset(token: str, request_fingerprint: object) -> int:
         offset, digest = int(payload["o"]), payload["f"]
     except (ValueError, KeyError, TypeError):
         offset, digest = -1, None
-    if offset < 0 or digest != _digest(request_fingerprint):
+    if offset < 0 or digest != _digest(fingerprint):
         raise InvalidArgumentError(
             "page_token was not issued for this request",
             field="page_token",

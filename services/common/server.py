@@ -5,14 +5,21 @@ again while it shuts down), server reflection (so `grpcurl` and `buf curl` need 
 message limits sized for images, the call interceptor (auth, request ids, logging, error
 mapping), optional TLS, and a graceful stop on SIGTERM/SIGINT that gives in-flight calls
 the configured grace period.
+
+A server binds its address as soon as it is made, before its process builds anything, and
+without SO_REUSEPORT: a second process on a busy address exits with one clear line instead
+of sharing the calls, and touches nothing. With port 0 the system picks a free port;
+`address` (and the `address_file` setting) then name the port it got.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -24,7 +31,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services.common import errors
-from services.common.channels import message_size_options
+from services.common.call_options import message_size_options
 from services.common.logs import configure_logging
 from services.common.server_interceptor import ServerCallInterceptor
 from services.common.settings import CommonSettings
@@ -35,17 +42,21 @@ Step = Callable[[], Awaitable[None]]
 
 
 class ServiceServer:
-    """The gRPC server of one process: register services, then `serve` until signalled."""
+    """The gRPC server of one process, bound to its address once made: register services,
+    then `serve` until signalled."""
 
     def __init__(self, process: str, domain: str, address: str, settings: CommonSettings):
         self.process = process
-        self.address = address
         self._settings = settings
         token = settings.auth_token.get_secret_value() if settings.auth_token else None
         self._server = aio.server(
             interceptors=[ServerCallInterceptor(domain, token)],
-            options=message_size_options(settings),
+            # gRPC's default lets a second server bind a busy port and take half its calls.
+            options=[*message_size_options(settings), ("grpc.so_reuseport", 0)],
         )
+        self.address = self._bind(address)
+        if settings.address_file is not None:
+            _write_atomically(settings.address_file, self.address)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         self._service_names: list[str] = []
@@ -84,7 +95,6 @@ class ServiceServer:
             [*self._service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server
         )
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        self._bind()
         await self._server.start()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -100,21 +110,29 @@ class ServiceServer:
         finally:
             await self._shut_down()
 
-    def _bind(self) -> None:
+    def _bind(self, address: str) -> str:
+        """Bind `address` and return it with the port actually bound."""
         settings = self._settings
-        if settings.tls_cert_file is not None:
-            if settings.tls_key_file is None:
-                raise errors.InvalidArgumentError(
-                    "tls_cert_file is set but tls_key_file is not", field="tls_key_file"
+        try:
+            if settings.tls_cert_file is not None:
+                if settings.tls_key_file is None:
+                    raise errors.InvalidArgumentError(
+                        "tls_cert_file is set but tls_key_file is not", field="tls_key_file"
+                    )
+                credentials = grpc.ssl_server_credentials(
+                    [(settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())]
                 )
-            credentials = grpc.ssl_server_credentials(
-                [(settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())]
-            )
-            port = self._server.add_secure_port(self.address, credentials)
-        else:
-            port = self._server.add_insecure_port(self.address)
-        if port == 0:
-            raise errors.UnavailableError(f"cannot listen on {self.address}")
+                port = self._server.add_secure_port(address, credentials)
+            else:
+                port = self._server.add_insecure_port(address)
+        except RuntimeError:  # what grpc raises for any address it cannot bind
+            raise errors.UnavailableError(
+                f"cannot listen on {address}: the address is in use or not one of this host",
+                reason="ADDRESS_UNAVAILABLE",
+                metadata={"address": address},
+            ) from None
+        host = address.rsplit(":", 1)[0]
+        return f"{host}:{port}"
 
     async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus) -> None:
         for name in ("", *self._service_names):
@@ -132,6 +150,13 @@ class ServiceServer:
         for hook in reversed(self._shutdown_hooks):
             await hook()
         log.info("stopped")
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Write `text` to `path` so that a reader sees the whole text or no file."""
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(text, encoding="utf-8")
+    os.replace(partial, path)
 
 
 def answer_unimplemented_rpcs(servicer: Any, service: ServiceDescriptor) -> None:

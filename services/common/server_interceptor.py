@@ -20,8 +20,9 @@ import structlog
 from grpc import aio
 
 from services.common import errors
+from services.common.call_options import REQUEST_ID_METADATA_KEY
 from services.common.error_status import code_for, to_status
-from services.common.logs import REQUEST_ID_METADATA_KEY, bind_request_id
+from services.common.logs import bind_request_id
 
 log = structlog.get_logger(__name__)
 

@@ -9,21 +9,27 @@ ignores the rest, so a single `easel.yaml` configures the whole suite.
 from __future__ import annotations
 
 import os
+import sys
+import types
+import typing
 from collections.abc import Sequence
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Self
 
 import yaml
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
     CliSettingsSource,
+    EnvSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
+from pydantic_settings.exceptions import SettingsError
 
-from services.common.errors import InvalidArgumentError
+from services.common.errors import FieldViolation, InvalidArgumentError
 
 SETTINGS_FILE_NAME = "easel.yaml"
 DEFAULT_ROOT = Path("~/easel")
@@ -87,7 +93,11 @@ class CommonSettings(BaseSettings):
     tls_ca_file: Path | None = None
     """PEM roots clients trust when calling a TLS server; the system roots when unset."""
 
-    @field_validator("root", "tls_cert_file", "tls_key_file", "tls_ca_file")
+    address_file: Path | None = None
+    """File a server writes the host:port it listens on to, once bound: with port 0 in its
+    address, the port the system chose. Set it per process (flag or environment)."""
+
+    @field_validator("root", "tls_cert_file", "tls_key_file", "tls_ca_file", "address_file")
     @classmethod
     def _expand_user(cls, path: Path | None) -> Path | None:
         return path.expanduser().resolve() if path is not None else None
@@ -107,22 +117,74 @@ class CommonSettings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # `load` passes the file's values as init arguments, so they rank below the
         # environment; the CLI source, when given, is put in front of these by pydantic.
-        return (env_settings, init_settings)
+        return (EnvironmentVariables(settings_cls), init_settings)
 
     @classmethod
     def load(cls, argv: Sequence[str] = (), *, prog: str | None = None) -> Self:
-        """Settings from the file under the root, the environment and `argv`'s flags."""
-        flags = CliSettingsSource(
-            cls,
-            cli_prog_name=prog,
-            cli_kebab_case=True,
-            cli_implicit_flags=True,
-            cli_exit_on_error=True,
-        )(args=list(argv))
-        root = flags().get("root") or os.environ.get("EASEL_ROOT") or DEFAULT_ROOT
-        file_values = read_settings_file(Path(root).expanduser() / SETTINGS_FILE_NAME)
-        file_values.pop("root", None)
-        return cls(_cli_settings_source=flags, **file_values)
+        """Settings from the file under the root, the environment and `argv`'s flags.
+
+        Invalid settings raise InvalidArgumentError naming them; for a program (`prog`
+        given) they end it instead with one line on stderr and exit status 2, as a bad
+        flag does, rather than a traceback.
+        """
+        try:
+            return cls._load(argv, prog)
+        except InvalidArgumentError as error:
+            if prog is None:
+                raise
+            print(f"{prog}: {error.message}", file=sys.stderr)
+            sys.exit(2)
+
+    @classmethod
+    def _load(cls, argv: Sequence[str], prog: str | None) -> Self:
+        try:
+            flags = CliSettingsSource(
+                cls,
+                cli_prog_name=prog,
+                cli_kebab_case=True,
+                cli_implicit_flags=True,
+                cli_exit_on_error=True,
+            )(args=list(argv))
+            root = flags().get("root") or os.environ.get("EASEL_ROOT") or DEFAULT_ROOT
+            file_values = read_settings_file(Path(root).expanduser() / SETTINGS_FILE_NAME)
+            file_values.pop("root", None)
+            return cls(_cli_settings_source=flags, **file_values)
+        except ValidationError as exc:
+            raise _invalid_settings(exc) from None
+        except SettingsError as exc:
+            raise InvalidArgumentError(f"invalid settings: {exc}") from None
+
+
+class EnvironmentVariables(EnvSettingsSource):
+    """EASEL_* variables; a list setting takes a JSON list or plain comma-separated values
+    (`EASEL_ALLOWED_NETWORKS=127.0.0.0/8,10.0.0.0/8`)."""
+
+    def decode_complex_value(self, field_name: str, field: FieldInfo, value: Any) -> Any:
+        if _is_list(field.annotation) and not value.lstrip().startswith("["):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return super().decode_complex_value(field_name, field, value)
+
+
+def _is_list(annotation: Any) -> bool:
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_is_list(arg) for arg in typing.get_args(annotation))
+    return origin in (list, tuple, set, frozenset)
+
+
+def _invalid_settings(exc: ValidationError) -> InvalidArgumentError:
+    """One error naming every invalid setting (by path, e.g. `allowed_networks[0]`)."""
+    problems: dict[str, list[str]] = {}
+    for error in exc.errors():
+        path = str(error["loc"][0]) if error["loc"] else "settings"
+        for part in error["loc"][1:]:
+            if not isinstance(part, int):
+                break  # the rest names alternatives of a union, not a place
+            path += f"[{part}]"
+        problems.setdefault(path, []).append(error["msg"])
+    violations = [FieldViolation(path, " or ".join(msgs)) for path, msgs in problems.items()]
+    described = "; ".join(f"{v.field}: {v.description}" for v in violations)
+    return InvalidArgumentError(f"invalid settings: {described}", violations=violations)
 
 
 def read_settings_file(path: Path) -> dict[str, Any]:

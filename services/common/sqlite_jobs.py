@@ -1,0 +1,73 @@
+"""Jobs that survive a restart: each job's last saved state as JSON text, by id, in SQLite.
+
+A service keeps its jobs in memory and writes each one here when its state changes; at
+start it reads them back. Ids come from a persisted counter, so an id is never handed out
+twice, not even after its job was deleted. Writes run one after another on a single worker
+thread: they stay off the event loop and land in the order they were asked for, so an
+older state of a job never overwrites a newer one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+class SqliteJobRows:
+    """One table of jobs (`id`, `job` as JSON text) and an id counter in a WAL-mode file."""
+
+    def __init__(self, path: Path, table: str) -> None:
+        if not table.isidentifier():
+            raise ValueError(f"not a table name: {table!r}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._table = table
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{table}-db")
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(
+            f"CREATE TABLE IF NOT EXISTS {table} (id INTEGER PRIMARY KEY, job TEXT NOT NULL)"
+        )
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)"
+        )
+
+    async def allocate_id(self) -> int:
+        """A new job id, never handed out before."""
+        return await self._run(self._next_id)
+
+    async def put(self, job_id: int, job: str) -> None:
+        """Insert or replace the job `job_id`."""
+        sql = f"INSERT OR REPLACE INTO {self._table} (id, job) VALUES (?, ?)"
+        await self._run(lambda: self._db.execute(sql, (job_id, job)))
+
+    async def delete(self, job_ids: Iterable[int]) -> None:
+        rows = [(job_id,) for job_id in job_ids]
+        sql = f"DELETE FROM {self._table} WHERE id = ?"
+        await self._run(lambda: self._db.executemany(sql, rows))
+
+    async def load_all(self) -> list[str]:
+        """Every stored job, by id."""
+        sql = f"SELECT job FROM {self._table} ORDER BY id"
+        return await self._run(lambda: [row[0] for row in self._db.execute(sql)])
+
+    def close(self) -> None:
+        """Finish the writes asked for, then close the file."""
+        self._writer.shutdown(wait=True)
+        self._db.close()
+
+    def _next_id(self) -> int:
+        row = self._db.execute(
+            "INSERT INTO counters (name, value) VALUES ('job_id', 1) "
+            "ON CONFLICT(name) DO UPDATE SET value = value + 1 RETURNING value"
+        ).fetchone()
+        return int(row[0])
+
+    async def _run(self, work: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._writer, work)
