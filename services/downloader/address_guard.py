@@ -5,6 +5,10 @@ from services reachable only from inside (cloud metadata endpoints, admin ports 
 loopback). Names are checked at resolution time, inside the connector, so the address
 that was checked is the address connected to (no DNS rebinding between check and use);
 IP literals, which aiohttp never resolves, are checked before each request.
+
+An IPv4 address has other spellings that URL parsers and `inet_aton` still read
+(`127.1`, `2130706433`, `0x7f.1`, `0177.0.0.1`, `127.0.0.1.`); checkers disagree about
+them, which is how guards get bypassed, so a host spelled so is refused outright.
 """
 
 from __future__ import annotations
@@ -21,10 +25,11 @@ IPNetwork = IPv4Network | IPv6Network
 
 
 class AddressNotAllowedError(Exception):
-    """The host resolves only to addresses downloads may not reach."""
+    """The host resolves only to addresses downloads may not reach, or is an address
+    spelled in a way downloads refuse."""
 
-    def __init__(self, host: str, address: str) -> None:
-        super().__init__(f"{host} resolves to {address}, which downloads may not reach")
+    def __init__(self, host: str, address: str, message: str | None = None) -> None:
+        super().__init__(message or f"{host} resolves to {address}, which downloads may not reach")
         self.host = host
         self.address = address
 
@@ -43,10 +48,12 @@ class AddressGuard:
         return address.is_global and not address.is_multicast
 
     def check_literal(self, host: str) -> None:
-        """Refuse `host` if it is an IP literal downloads may not reach; names pass here."""
+        """Refuse `host` if it is an IP address downloads may not reach or an IPv4 address
+        not written as four decimal numbers; names pass here (checked when resolved)."""
         try:
             address = ipaddress.ip_address(host.strip("[]"))
         except ValueError:
+            _refuse_numeric_spelling(host)
             return
         if not self.allows(address):
             raise AddressNotAllowedError(host, str(address))
@@ -70,3 +77,63 @@ class GuardedResolver(AbstractResolver):
 
     async def close(self) -> None:
         await self._resolver.close()
+
+
+def numeric_ipv4(host: str) -> IPv4Address | None:
+    """The IPv4 address a host written as numbers means, None for a name.
+
+    A host whose last label is a number (decimal, `0x` hex or `0` octal, after one
+    trailing dot) is an IPv4 address to the URL standard and to `inet_aton`: up to four
+    numbers, the last filling the remaining bytes. Raises ValueError when such a host
+    means no address (`1.2.3.4.5`, `256.0.0.1`).
+    """
+    labels = host.lower().split(".")
+    if len(labels) > 1 and labels[-1] == "":
+        labels.pop()
+    if not _is_number(labels[-1]):
+        return None
+    if len(labels) > 4:
+        raise ValueError(f"{host} has more than four numbers")
+    numbers = [_number(label, host) for label in labels]
+    *leading, last = numbers
+    if any(number > 255 for number in leading) or last >= 256 ** (5 - len(numbers)):
+        raise ValueError(f"{host} has a number out of range")
+    value = last
+    for index, number in enumerate(leading):
+        value += number << (8 * (3 - index))
+    return IPv4Address(value)
+
+
+def _refuse_numeric_spelling(host: str) -> None:
+    try:
+        address = numeric_ipv4(host)
+    except ValueError as exc:
+        raise AddressNotAllowedError(host, "", f"{exc}: it is no IPv4 address") from None
+    if address is not None:
+        raise AddressNotAllowedError(
+            host,
+            str(address),
+            f"{host} is a non-standard spelling of the IPv4 address {address}; "
+            f"write it as {address}",
+        )
+
+
+_DIGITS = {16: "0123456789abcdef", 10: "0123456789", 8: "01234567"}
+
+
+def _is_number(label: str) -> bool:
+    if label.startswith("0x"):
+        return all(ch in _DIGITS[16] for ch in label[2:])
+    return label != "" and all(ch in _DIGITS[10] for ch in label)
+
+
+def _number(label: str, host: str) -> int:
+    if label.startswith("0x"):
+        digits, base = label[2:], 16
+    elif len(label) > 1 and label.startswith("0"):
+        digits, base = label[1:], 8
+    else:
+        digits, base = label, 10
+    if not label or any(ch not in _DIGITS[base] for ch in digits):
+        raise ValueError(f"{host} has a label that is no number: {label!r}")
+    return int(digits, base) if digits else 0

@@ -1,37 +1,36 @@
-"""The download queue (the reference's DownloadQueueService), complete and durable.
+"""The download queue, complete and durable: jobs, their scheduling, control and events.
 
 Every job runs as one asyncio task; its files each take a transfer slot while they move
 bytes (at most `max_parallel_downloads`, given out by priority). Pause, cancel and
 shutdown all stop a job by cancelling its task, with a recorded reason deciding what
 happens to its partial files: pause keeps them for a Range resume, cancel deletes them
 (unless preserved), shutdown leaves the job as it was so a restart resumes it.
+
+However a transfer ends, its task ends the job: COMPLETED, ERROR (any failure, expected
+or not), PAUSED or CANCELLED; only a shutdown leaves a job ENQUEUED or RUNNING, to be
+resumed. Nothing blocking runs on the event loop: requests are checked, files walked and
+moved in worker threads, and the store is written by its own thread.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
 import threading
 import time
-from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Iterable
 from enum import Enum
 from pathlib import Path
 
 import structlog
-from pydantic import SecretStr
-from yarl import URL
 
 from services.common import errors
-from services.common.allowed_roots import resolve_within
 from services.common.event_bus import Delivery
 from services.common.job_table import JobTable
-from services.downloader.address_guard import AddressGuard, AddressNotAllowedError
-from services.downloader.file_names import is_plain_name, is_safe_relative_path
-from services.downloader.job_store import DownloadJobStore
+from services.downloader.address_guard import AddressGuard
+from services.downloader.job_requests import NewDownload, RequestValidator
+from services.downloader.job_store import DownloadJobStore, JobStoreWriter
 from services.downloader.jobs import (
-    DEFAULT_PRIORITY,
     DownloadEvent,
     DownloadJob,
     DownloadJobKind,
@@ -43,11 +42,13 @@ from services.downloader.jobs import (
     now,
 )
 from services.downloader.local_transfer import (
-    TransferStopped,
     copy_tree,
+    free_bytes,
+    list_source,
+    make_folder,
+    move_by_rename,
+    put_in_place,
     remove_tree,
-    rename_into_place,
-    tree_size,
 )
 from services.downloader.settings import DownloaderSettings
 from services.downloader.transfer_slots import TransferSlots
@@ -65,81 +66,63 @@ class _StopReason(Enum):
     SHUTDOWN = "shutdown"
 
 
-@dataclass(frozen=True)
-class RemoteFile:
-    """One file of a multi-file request: its URL, path under dest_dir and known size."""
-
-    url: str
-    path: str
-    size: int = 0
-
-
-@dataclass(frozen=True)
-class NewDownload:
-    """A request for a job, as CreateDownloadJob carries it."""
-
-    source: str = ""
-    files: tuple[RemoteFile, ...] = ()
-    dest_dir: str = ""
-    dest_path: str = ""
-    filename: str = ""
-    priority: int = DEFAULT_PRIORITY
-    access_token: str = ""
-    start_later: bool = False
-    preserve_partial_downloads: bool = False
-    move: bool = False
-
-
 class DownloadQueue:
     """Jobs, their scheduling, control, persistence and events."""
 
     def __init__(self, store: DownloadJobStore, settings: DownloaderSettings) -> None:
-        self._store = store
-        self._roots = settings.allowed_roots
+        self._store = JobStoreWriter(store)
         self._reserve = settings.free_space_reserve_bytes
-        self._guard = AddressGuard(settings.allowed_networks)
-        self._url = UrlDownloader(self._guard, self._check_free_space)
+        guard = AddressGuard(settings.allowed_networks)
+        self._requests = RequestValidator(settings.allowed_roots, guard, self._reserve)
+        self._url = UrlDownloader(guard, self._check_free_space)
         self._slots = TransferSlots(settings.max_parallel_downloads)
         self._jobs: JobTable[DownloadJob, DownloadEvent] = JobTable(
             "downloader", "download job", "DOWNLOAD_JOB_NOT_FOUND", lambda job: job.status.terminal
         )
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._stop_reasons: dict[int, _StopReason] = {}
+        self._ending: set[int] = set()  # jobs being ended: too late to stop them
         self._sequence = 0
+        self._shutting_down = False
 
     async def start(self) -> None:
         """Open the HTTP session and resume the jobs a previous run left unfinished."""
         await self._url.start()
-        for job in self._store.load_all():
+        for job in await self._store.call(_load_jobs):
             self._jobs.add(job)
             self._sequence = max(self._sequence, job.job_sequence)
-            for part in job.parts:
-                partial = job.partial_path(part)
-                if part.status is not Status.COMPLETED and partial is not None:
-                    part.bytes = partial.stat().st_size if partial.is_file() else 0
             if job.status.active:
                 log.info("resuming download", job_id=job.id)
                 self._enqueue(job)
 
     async def shutdown(self) -> None:
-        """Stop every running job where it is (partials kept, status unchanged)."""
+        """Stop every running job where it is (partials kept, status unchanged); jobs
+        enqueued from now on wait for the next start."""
+        self._shutting_down = True
         self._jobs.close()
-        for job_id in list(self._tasks):
-            self._stop_reasons[job_id] = _StopReason.SHUTDOWN
-            self._tasks[job_id].cancel()
+        for job_id, task in list(self._tasks.items()):
+            if job_id not in self._ending and job_id not in self._stop_reasons:
+                self._stop_reasons[job_id] = _StopReason.SHUTDOWN
+                task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
         await self._url.close()
 
+    async def close(self) -> None:
+        """Write what is pending to the store; call once no RPC runs any more."""
+        await self._store.close()
+
     # Creating and reading jobs
 
-    def create(self, new: NewDownload) -> DownloadJob:
-        """Validate `new` completely, then create its job (nothing is left on a refusal)."""
-        job = self._new_job(new)
+    async def create(self, new: NewDownload) -> DownloadJob:
+        """Check `new` completely, then create its job (nothing is left on a refusal)."""
+        planned = await asyncio.to_thread(self._requests.validate, new)
+        job = planned.job(await self._store.allocate_id(), now())
         self._jobs.add(job)
         if new.start_later:
             self._save_and_publish(job)
         else:
             self._enqueue(job)
+        await self._store.flush()
         return job
 
     def get(self, job_id: int) -> DownloadJob:
@@ -149,47 +132,45 @@ class DownloadQueue:
         wanted = set(statuses)
         return [job for job in self._jobs.all() if not wanted or job.status in wanted]
 
-    def prune(self) -> list[int]:
+    async def prune(self) -> list[int]:
         pruned = self._jobs.prune()
         self._store.delete(pruned)
+        await self._store.flush()
         return pruned
 
-    # Control
+    # Control: each call returns once the job's new state is stored
 
-    def start_job(self, job_id: int) -> DownloadJob:
-        job = self._unfinished(job_id)
-        if job.status in (Status.IDLE, Status.PAUSED):
-            self._enqueue(job)
+    async def start_job(self, job_id: int) -> DownloadJob:
+        job = self._start(job_id)
+        await self._store.flush()
         return job
 
     async def pause_job(self, job_id: int) -> DownloadJob:
-        job = self._unfinished(job_id)
-        if job.status.active:
-            await self._stop(job, _StopReason.PAUSE)
+        job = await self._pause(job_id)
+        await self._store.flush()
         return job
 
     async def cancel_job(self, job_id: int) -> DownloadJob:
-        job = self.get(job_id)
-        if job.status is Status.CANCELLED:
-            return job
-        job = self._unfinished(job_id)
-        if job.status.active:
-            await self._stop(job, _StopReason.CANCEL)
-        else:
-            self._finish_cancelled(job)
+        job = await self._cancel(job_id)
+        await self._store.flush()
         return job
 
-    def start_all(self) -> list[DownloadJob]:
-        return [self.start_job(job.id) for job in self.list([Status.IDLE, Status.PAUSED])]
+    async def start_all(self) -> list[DownloadJob]:
+        jobs = [self._start(job.id) for job in self.list([Status.IDLE, Status.PAUSED])]
+        await self._store.flush()
+        return jobs
 
     async def pause_all(self) -> list[DownloadJob]:
-        return [
-            await self.pause_job(job.id) for job in self.list([Status.ENQUEUED, Status.RUNNING])
-        ]
+        active = self.list([Status.ENQUEUED, Status.RUNNING])
+        jobs = [await self._pause(job.id) for job in active]
+        await self._store.flush()
+        return jobs
 
     async def cancel_all(self) -> list[DownloadJob]:
-        unfinished = [Status.IDLE, Status.ENQUEUED, Status.RUNNING, Status.PAUSED]
-        return [await self.cancel_job(job.id) for job in self.list(unfinished)]
+        unfinished = self.list([Status.IDLE, Status.ENQUEUED, Status.RUNNING, Status.PAUSED])
+        jobs = [await self._cancel(job.id) for job in unfinished]
+        await self._store.flush()
+        return jobs
 
     async def wait(self, job_id: int) -> DownloadJob:
         return await self._jobs.wait(job_id)
@@ -206,205 +187,29 @@ class DownloadQueue:
             lambda event: isinstance(event, JobChanged) and event.job.status.terminal,
         )
 
-    # Validation
-
-    def _new_job(self, new: NewDownload) -> DownloadJob:
-        if new.files:
-            kind, parts = DownloadJobKind.MULTI_FILE, self._remote_files(new)
-        elif _is_url(new.source):
-            kind, parts = DownloadJobKind.URL, [DownloadPart(source=self._url_source(new.source))]
-        else:
-            kind, parts = DownloadJobKind.LOCAL_PATH, [DownloadPart(source=self._local_source(new))]
-        if kind is not DownloadJobKind.LOCAL_PATH and new.move:
-            raise errors.InvalidArgumentError("move applies to local sources only", field="move")
-        if kind is DownloadJobKind.LOCAL_PATH and new.access_token:
-            raise errors.InvalidArgumentError(
-                "an access token applies to URLs only", field="access_token"
-            )
-        dest_dir, dest_path, destination = self._destination(new, kind)
-        if kind is DownloadJobKind.MULTI_FILE:
-            assert dest_dir is not None
-            for part, file in zip(parts, new.files, strict=True):
-                part.destination = dest_dir / file.path
-        else:
-            parts[0].destination = destination
-        self._check_space_at_create(
-            dest_dir or (dest_path.parent if dest_path else None), kind, parts
-        )
-        job = DownloadJob(
-            id=self._store.allocate_id(),
-            kind=kind,
-            source="" if kind is DownloadJobKind.MULTI_FILE else parts[0].source,
-            destination=destination,
-            dest_dir=dest_dir,
-            filename=new.filename,
-            dest_path=dest_path,
-            priority=new.priority,
-            parts=parts,
-            access_token=SecretStr(new.access_token) if new.access_token else None,
-            preserve_partial_downloads=new.preserve_partial_downloads,
-            move=new.move,
-            create_time=now(),
-        )
-        if kind is DownloadJobKind.LOCAL_PATH:
-            parts[0].total_bytes = tree_size(Path(parts[0].source))
+    def _start(self, job_id: int) -> DownloadJob:
+        job = self._unfinished(job_id)
+        if job.status in (Status.IDLE, Status.PAUSED):
+            self._enqueue(job)
         return job
 
-    def _url_source(self, source: str, field: str = "single_source") -> str:
-        try:
-            url = URL(source)
-        except ValueError:
-            url = URL()
-        if not url.host:
-            raise errors.InvalidArgumentError(
-                f"{source!r} is not a valid URL: it names no host",
-                field=field,
-                reason="INVALID_SOURCE",
-                metadata={"source": source},
-            )
-        try:
-            self._guard.check_literal(url.host)
-        except AddressNotAllowedError as exc:
-            raise errors.PermissionDeniedError(
-                str(exc),
-                reason="ADDRESS_NOT_ALLOWED",
-                metadata={"host": exc.host, "address": exc.address},
-            ) from None
-        return source
+    async def _pause(self, job_id: int) -> DownloadJob:
+        job = self._unfinished(job_id)
+        if job.status.active:
+            await self._stop(job, _StopReason.PAUSE)
+        if job.status.active:  # no transfer was left to stop it
+            self._pause_now(job)
+        return job
 
-    def _local_source(self, new: NewDownload) -> str:
-        source = new.source.strip()
-        if not source:
-            raise errors.InvalidArgumentError(
-                "a source is required", field="single_source", reason="INVALID_SOURCE"
-            )
-        scheme = source.partition("://")[0]
-        if "://" in source:
-            raise errors.InvalidArgumentError(
-                f"unsupported URL scheme {scheme!r}: only http and https are downloaded",
-                field="single_source",
-                reason="UNSUPPORTED_SCHEME",
-                metadata={"scheme": scheme},
-            )
-        path = resolve_within(
-            source, self._roots, field="single_source", invalid_reason="INVALID_SOURCE"
-        )
-        if not path.exists():
-            raise errors.FailedPreconditionError(
-                f"nothing exists at {path}",
-                reason="SOURCE_NOT_FOUND",
-                metadata={"path": str(path)},
-            )
-        return str(path)
-
-    def _remote_files(self, new: NewDownload) -> list[DownloadPart]:
-        paths: set[str] = set()
-        parts = []
-        for index, file in enumerate(new.files):
-            field = f"multi_file.files[{index}]"
-            if not _is_url(file.url):
-                raise errors.InvalidArgumentError(
-                    f"{file.url!r} is not an http(s) URL",
-                    field=f"{field}.url",
-                    reason="INVALID_SOURCE",
-                    metadata={"source": file.url},
-                )
-            if not is_safe_relative_path(file.path) or file.path in paths:
-                raise errors.InvalidArgumentError(
-                    f"{file.path!r} must be a unique relative path without '..'",
-                    field=f"{field}.path",
-                    reason="INVALID_SOURCE",
-                    metadata={"source": file.path},
-                )
-            if file.size < 0:
-                raise errors.InvalidArgumentError(
-                    "size must not be negative", field=f"{field}.size", reason="INVALID_SOURCE"
-                )
-            paths.add(file.path)
-            self._url_source(file.url, field=f"{field}.url")
-            parts.append(
-                DownloadPart(source=file.url, expected_size=file.size, total_bytes=file.size)
-            )
-        return parts
-
-    def _destination(
-        self, new: NewDownload, kind: DownloadJobKind
-    ) -> tuple[Path | None, Path | None, Path | None]:
-        """(dest_dir, dest_path, final destination if known now) of a request."""
-
-        def invalid(message: str, field: str) -> errors.InvalidArgumentError:
-            return errors.InvalidArgumentError(message, field=field, reason="INVALID_DESTINATION")
-
-        if bool(new.dest_dir) == bool(new.dest_path):
-            raise invalid("give exactly one of dest_dir and dest_path", "dest_dir")
-        if new.filename and (not new.dest_dir or kind is DownloadJobKind.MULTI_FILE):
-            raise invalid("filename goes with dest_dir, and not with multi_file", "filename")
-        if new.filename and not is_plain_name(new.filename):
-            raise invalid(f"{new.filename!r} is not a plain file name", "filename")
-        if new.dest_path:
-            if kind is DownloadJobKind.MULTI_FILE:
-                raise invalid("a multi-file job needs dest_dir", "dest_path")
-            dest_path = self._within_roots(new.dest_path, "dest_path")
-            destination: Path | None = dest_path
-            dest_dir = None
-        else:
-            dest_dir = self._within_roots(new.dest_dir, "dest_dir")
-            dest_path = None
-            if kind is DownloadJobKind.MULTI_FILE:
-                destination = dest_dir
-            elif new.filename:
-                destination = dest_dir / new.filename
-            elif kind is DownloadJobKind.LOCAL_PATH:
-                destination = dest_dir / Path(new.source).name
-            else:
-                destination = None
-        if (
-            destination is not None
-            and kind is not DownloadJobKind.MULTI_FILE
-            and destination.is_dir()
-        ):
-            raise errors.FailedPreconditionError(
-                f"a folder exists at {destination}",
-                reason="DESTINATION_EXISTS",
-                metadata={"path": str(destination)},
-            )
-        return dest_dir, dest_path, destination
-
-    def _within_roots(self, path: str, field: str) -> Path:
-        return resolve_within(path, self._roots, field=field, invalid_reason="INVALID_DESTINATION")
-
-    def _check_space_at_create(
-        self, folder: Path | None, kind: DownloadJobKind, parts: list[DownloadPart]
-    ) -> None:
-        if folder is None:
-            return
-        if kind is DownloadJobKind.LOCAL_PATH:
-            needed = tree_size(Path(parts[0].source))
-        else:
-            needed = sum(part.expected_size for part in parts)
-        free = _free_bytes(folder)
-        if free - needed < self._reserve:
-            raise errors.ResourceExhaustedError(
-                f"not enough free space in {folder}: {free} bytes free, "
-                f"{needed + self._reserve} needed (with the reserve)",
-                reason="DISK_FULL",
-                metadata={
-                    "path": str(folder),
-                    "free_bytes": str(free),
-                    "required_bytes": str(needed + self._reserve),
-                },
-            )
-
-    def _check_free_space(self, folder: Path, needed: int) -> None:
-        free = _free_bytes(folder)
-        if free - needed < self._reserve:
-            raise TransferError(
-                "DISK_FULL",
-                f"not enough free space in {folder}: {free} bytes free, "
-                f"{needed} to write and {self._reserve} to keep free",
-            )
-
-    # Running
+    async def _cancel(self, job_id: int) -> DownloadJob:
+        job = self.get(job_id)
+        if job.status is Status.CANCELLED:
+            return job
+        job = self._unfinished(job_id)
+        await self._stop(job, _StopReason.CANCEL)
+        if not job.status.terminal:  # idle, paused, or no transfer was left to end it
+            await self._finish(job, Status.CANCELLED)
+        return job
 
     def _unfinished(self, job_id: int) -> DownloadJob:
         job = self.get(job_id)
@@ -416,50 +221,63 @@ class DownloadQueue:
             )
         return job
 
+    # Running
+
     def _enqueue(self, job: DownloadJob) -> None:
         job.status = Status.ENQUEUED
         for part in job.parts:
             if part.status is not Status.COMPLETED:
                 part.status = Status.ENQUEUED
         self._save_and_publish(job)
-        self._tasks[job.id] = asyncio.create_task(self._run(job), name=f"download-{job.id}")
+        if not self._shutting_down:
+            self._tasks[job.id] = asyncio.create_task(self._run(job), name=f"download-{job.id}")
 
     async def _stop(self, job: DownloadJob, reason: _StopReason) -> None:
+        """Stop the job's transfer for `reason` and wait until its task has ended. A job
+        being ended already, or being stopped for another reason, ends as that goes."""
         task = self._tasks.get(job.id)
         if task is None:
             return
-        self._stop_reasons[job.id] = reason
-        task.cancel()
+        if job.id not in self._ending and job.id not in self._stop_reasons:
+            self._stop_reasons[job.id] = reason
+            task.cancel()
         await asyncio.wait([task])
 
     async def _run(self, job: DownloadJob) -> None:
+        """Transfer the job's files and end it COMPLETED, or end it by how that failed or
+        was stopped."""
         try:
-            if job.kind is DownloadJobKind.LOCAL_PATH:
-                await self._run_local(job)
-            else:
-                await self._run_remote(job)
-        except asyncio.CancelledError:
-            self._stopped(job, self._stop_reasons.pop(job.id, _StopReason.SHUTDOWN))
-        except TransferError as exc:
-            self._failed(job, exc.error_type, exc.message)
-        except Exception as exc:
-            log.exception("download failed unexpectedly", job_id=job.id)
-            self._failed(job, "INTERNAL", f"{type(exc).__name__}: {exc}")
-        else:
-            self._finish(job, Status.COMPLETED)
+            try:
+                if job.kind is DownloadJobKind.LOCAL_PATH:
+                    await self._run_local(job)
+                else:
+                    await self._run_remote(job)
+            except asyncio.CancelledError:
+                self._ending.add(job.id)
+                await self._stopped(job, self._stop_reasons.pop(job.id, _StopReason.SHUTDOWN))
+            except TransferError as exc:
+                self._ending.add(job.id)
+                await self._failed(job, exc.error_type, exc.message)
+            except Exception as exc:
+                self._ending.add(job.id)
+                log.exception("download failed unexpectedly", job_id=job.id)
+                await self._failed(job, "INTERNAL", f"{type(exc).__name__}: {exc}")
         finally:
+            self._ending.discard(job.id)
+            self._stop_reasons.pop(job.id, None)
             self._tasks.pop(job.id, None)
 
     async def _run_remote(self, job: DownloadJob) -> None:
+        unfinished = [part for part in job.parts if part.status is not Status.COMPLETED]
+        if not unfinished:  # stopped after its last file arrived, before it was ended
+            await self._complete(job)
+            return
         try:
             async with asyncio.TaskGroup() as group:
-                for part in job.parts:
-                    if part.status is not Status.COMPLETED:
-                        group.create_task(self._run_part(job, part))
+                for part in unfinished:
+                    group.create_task(self._run_part(job, part))
         except BaseExceptionGroup as group:
             raise _first_cause(group) from None
-        for part in job.parts:
-            self._put_in_place(job.partial_path(part), part.destination)
 
     async def _run_part(self, job: DownloadJob, part: DownloadPart) -> None:
         async with self._slots.slot(job.priority, job.id):
@@ -469,48 +287,67 @@ class DownloadQueue:
                 await self._url.download(
                     job, part, lambda name: self._name_destination(job, name), _Progress(self, job)
                 )
-            except TransferError:
+            except Exception:
                 part.status = Status.ERROR
                 raise
             part.status = Status.COMPLETED
-            self._store.save(job)  # a restart then skips this file of a multi-file job
+            if all(other.status is Status.COMPLETED for other in job.parts):
+                await self._complete(job)
+            else:
+                self._store.save(job.model_copy(deep=True))  # a restart skips this file then
 
     async def _run_local(self, job: DownloadJob) -> None:
         part = job.parts[0]
-        source, final = Path(part.source), part.destination
-        assert final is not None
         async with self._slots.slot(job.priority, job.id):
             self._mark_running(job)
             part.status = Status.RUNNING
-            if job.move and rename_into_place(source, final):
-                part.bytes = part.total_bytes
-                part.status = Status.COMPLETED
-                return
+            progress = _Progress(self, job)
+            await _in_thread(lambda stop: self._place_local(job, part, progress, stop))
+            part.status = Status.COMPLETED
+            await self._complete(job)
+
+    async def _complete(self, job: DownloadJob) -> None:
+        """Put the files of a job whose every file has arrived in place, and end it
+        COMPLETED. This runs in the slot of its last file, so that the job has ended before
+        the slot goes on: never more jobs RUNNING than slots."""
+        self._ending.add(job.id)
+        if job.kind is not DownloadJobKind.LOCAL_PATH:
+            await _in_thread(lambda _stop: self._put_parts_in_place(job))
+        await self._finish(job, Status.COMPLETED)
+
+    def _place_local(
+        self, job: DownloadJob, part: DownloadPart, progress: _Progress, stop: threading.Event
+    ) -> None:
+        """Move or copy a local source into place (in a worker thread): by a rename when
+        moving within a filesystem, else a copy into the partial path first."""
+        source, final, partial = Path(part.source), part.destination, job.partial_path(part)
+        assert final is not None
+        assert partial is not None
+        if job.move and move_by_rename(source, final):
+            part.bytes = part.total_bytes
+            return
+        tree = list_source(source)
+        part.total_bytes = tree.size
+        remove_tree(partial)
+        make_folder(partial.parent)
+        self._check_free_space(partial.parent, tree.size)
+
+        def on_bytes(copied: int) -> None:
+            part.bytes = copied
+            progress.bytes_received(part)
+
+        copy_tree(tree, partial, on_bytes, stop)
+        put_in_place(partial, final)
+        if job.move:
+            remove_tree(source)
+
+    @staticmethod
+    def _put_parts_in_place(job: DownloadJob) -> None:
+        for part in job.parts:
             partial = job.partial_path(part)
             assert partial is not None
-            remove_tree(partial)
-            self._check_free_space(partial.parent, part.total_bytes)
-            stop = threading.Event()
-            progress = _Progress(self, job)
-
-            def on_bytes(copied: int) -> None:
-                part.bytes = copied
-                progress.bytes_received(part)
-
-            copying = asyncio.ensure_future(
-                asyncio.to_thread(copy_tree, source, partial, on_bytes, stop)
-            )
-            try:
-                await asyncio.shield(copying)
-            except asyncio.CancelledError:
-                stop.set()
-                with contextlib.suppress(TransferStopped, TransferError, OSError):
-                    await copying
-                raise
-            self._put_in_place(partial, final)
-            if job.move:
-                remove_tree(source)
-            part.status = Status.COMPLETED
+            assert part.destination is not None
+            put_in_place(partial, part.destination)
 
     def _name_destination(self, job: DownloadJob, remote_name: str) -> Path:
         assert job.dest_dir is not None
@@ -519,14 +356,14 @@ class DownloadQueue:
             raise TransferError("DESTINATION_EXISTS", f"a folder exists at {destination}")
         return destination
 
-    @staticmethod
-    def _put_in_place(partial: Path | None, final: Path | None) -> None:
-        assert partial is not None
-        assert final is not None
-        if final.is_dir() and not partial.is_dir():
-            raise TransferError("DESTINATION_EXISTS", f"a folder exists at {final}")
-        final.parent.mkdir(parents=True, exist_ok=True)
-        partial.replace(final)
+    def _check_free_space(self, folder: Path, needed: int) -> None:
+        free = free_bytes(folder)
+        if free - needed < self._reserve:
+            raise TransferError(
+                "DISK_FULL",
+                f"not enough free space in {folder}: {free} bytes free, "
+                f"{needed} to write and {self._reserve} to keep free",
+            )
 
     # Status changes
 
@@ -539,46 +376,42 @@ class DownloadQueue:
         job.status = Status.RUNNING
         self._save_and_publish(job)
 
-    def _stopped(self, job: DownloadJob, reason: _StopReason) -> None:
-        if reason is _StopReason.SHUTDOWN:
-            return
+    async def _stopped(self, job: DownloadJob, reason: _StopReason) -> None:
         if reason is _StopReason.CANCEL:
-            self._finish_cancelled(job)
-            return
-        self._set_unfinished_parts(job, Status.PAUSED)
+            await self._finish(job, Status.CANCELLED)
+        elif reason is _StopReason.PAUSE:
+            self._pause_now(job)
+
+    def _pause_now(self, job: DownloadJob) -> None:
+        _set_unfinished_parts(job, Status.PAUSED)
         job.status = Status.PAUSED
         self._save_and_publish(job)
 
-    def _finish_cancelled(self, job: DownloadJob) -> None:
-        self._set_unfinished_parts(job, Status.CANCELLED)
-        self._finish(job, Status.CANCELLED)
-
-    def _failed(self, job: DownloadJob, error_type: str, message: str) -> None:
-        self._set_unfinished_parts(job, Status.CANCELLED)
+    async def _failed(self, job: DownloadJob, error_type: str, message: str) -> None:
         job.error_type, job.error = error_type, message
         log.info("download failed", job_id=job.id, error_type=error_type, error=message)
-        self._finish(job, Status.ERROR)
+        await self._finish(job, Status.ERROR)
 
-    def _finish(self, job: DownloadJob, status: Status) -> None:
-        if status is not Status.COMPLETED and not job.preserve_partial_downloads:
-            for part in job.parts:
-                partial = job.partial_path(part)
-                if partial is not None:
-                    remove_tree(partial)
-        job.status = status
-        job.end_time = now()
-        job.access_token = None
-        self._save_and_publish(job)
-
-    @staticmethod
-    def _set_unfinished_parts(job: DownloadJob, status: Status) -> None:
-        for part in job.parts:
-            if part.status not in (Status.COMPLETED, Status.ERROR):
-                part.status = status
+    async def _finish(self, job: DownloadJob, status: Status) -> None:
+        """End `job` in the terminal `status`, its partial files removed first unless it
+        completed or keeps them. Nothing keeps the job from ending: a removal that fails
+        is logged, and one that is interrupted goes on while the job ends."""
+        try:
+            if status is not Status.COMPLETED:
+                _set_unfinished_parts(job, Status.CANCELLED)
+                if not job.preserve_partial_downloads:
+                    partials = [job.partial_path(part) for part in job.parts]
+                    await asyncio.shield(asyncio.to_thread(_remove_partials, job.id, partials))
+        finally:
+            job.status = status
+            job.end_time = now()
+            job.access_token = None
+            self._save_and_publish(job)
 
     def _save_and_publish(self, job: DownloadJob) -> None:
-        self._store.save(job)
-        self._jobs.publish(JobChanged(job.model_copy(deep=True), now()))
+        snapshot = job.model_copy(deep=True)
+        self._store.save(snapshot)
+        self._jobs.publish(JobChanged(snapshot, now()))
 
     def publish_progress(self, job: DownloadJob) -> None:
         parts = tuple((p.bytes, p.total_bytes, p.status) for p in job.parts)
@@ -603,7 +436,7 @@ class _Progress:
         self._queue.headers_learnt(self._job, part)
 
     def bytes_received(self, part: DownloadPart) -> None:
-        """Called for every chunk, from the event loop or a copying thread."""
+        """Called for every chunk, from the event loop or a transfer or copying thread."""
         last_bytes, last_time = self._reported.get(id(part), (0, 0.0))
         moment = time.monotonic()
         one_percent = part.total_bytes // 100 if part.total_bytes else None
@@ -614,14 +447,48 @@ class _Progress:
             self._queue.publish_progress(self._job)
 
 
-def _is_url(source: str) -> bool:
-    return source.strip().lower().startswith(("http://", "https://"))
+async def _in_thread(work: Callable[[threading.Event], None]) -> None:
+    """Run `work(stop)` in a worker thread. Cancelling sets `stop` and waits until the work
+    has ended, so nothing writes a job's files once its task has ended; work that was done
+    before it could stop stands (the cancellation came too late)."""
+    stop = threading.Event()
+    running = asyncio.ensure_future(asyncio.to_thread(work, stop))
+    try:
+        await asyncio.shield(running)
+    except asyncio.CancelledError:
+        stop.set()
+        with contextlib.suppress(Exception):
+            await running
+        if running.exception() is None:
+            return
+        raise
 
 
-def _free_bytes(folder: Path) -> int:
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    return shutil.disk_usage(folder).free
+def _load_jobs(store: DownloadJobStore) -> list[DownloadJob]:
+    """The stored jobs, each unfinished file's bytes taken from its partial file."""
+    jobs = store.load_all()
+    for job in jobs:
+        for part in job.parts:
+            partial = job.partial_path(part)
+            if part.status is not Status.COMPLETED and partial is not None:
+                part.bytes = partial.stat().st_size if partial.is_file() else 0
+    return jobs
+
+
+def _remove_partials(job_id: int, partials: list[Path | None]) -> None:
+    for partial in partials:
+        if partial is None:
+            continue
+        try:
+            remove_tree(partial)
+        except Exception:
+            log.exception("could not remove a partial file", job_id=job_id, path=str(partial))
+
+
+def _set_unfinished_parts(job: DownloadJob, status: Status) -> None:
+    for part in job.parts:
+        if part.status not in (Status.COMPLETED, Status.ERROR):
+            part.status = status
 
 
 def _first_cause(group: BaseExceptionGroup) -> BaseException:

@@ -1,4 +1,5 @@
-"""Where download jobs survive a restart: an interface and its SQLite implementation.
+"""Where download jobs survive a restart: an interface, its SQLite implementation, and the
+thread that writes to it.
 
 Jobs are written on every status change (not on every chunk: a restart recomputes bytes
 from the partial files). Ids come from a persisted counter, so an id is never reused, not
@@ -7,13 +8,22 @@ even after its job was pruned.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
+
+import structlog
 
 from services.downloader.jobs import DownloadJob
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 
 class DownloadJobStore(ABC):
@@ -84,3 +94,46 @@ class SqliteDownloadJobStore(DownloadJobStore):
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+class JobStoreWriter:
+    """Makes every call to a store in one worker thread, in the order they were asked.
+
+    The queue changes jobs on its event loop, which must not wait on SQLite; a single
+    thread keeps the writes of one job in order, so the last one asked is the one kept.
+    `save` and `delete` return at once; `flush` waits until everything asked is written.
+    """
+
+    def __init__(self, store: DownloadJobStore) -> None:
+        self._store = store
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="download-store")
+
+    def save(self, job: DownloadJob) -> None:
+        """Write `job`, a snapshot that nothing changes afterwards."""
+        self._submit(self._store.save, job)
+
+    def delete(self, job_ids: list[int]) -> None:
+        self._submit(self._store.delete, job_ids)
+
+    async def allocate_id(self) -> int:
+        return await self.call(lambda store: store.allocate_id())
+
+    async def call(self, work: Callable[[DownloadJobStore], T]) -> T:
+        """Run `work(store)` in the writer thread, after everything asked before it."""
+        return await asyncio.wrap_future(self._thread.submit(work, self._store))
+
+    async def flush(self) -> None:
+        """Wait until everything asked so far is written."""
+        await self.call(lambda _store: None)
+
+    async def close(self) -> None:
+        """Write what is pending, then stop the thread (the store stays open)."""
+        await asyncio.to_thread(self._thread.shutdown, wait=True)
+
+    def _submit(self, work: Callable[..., None], *args: object) -> None:
+        self._thread.submit(work, *args).add_done_callback(_log_failure)
+
+
+def _log_failure(done: Future[None]) -> None:
+    if done.exception() is not None:
+        log.error("writing download jobs failed", exc_info=done.exception())

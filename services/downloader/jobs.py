@@ -47,7 +47,15 @@ class DownloadJobKind(StrEnum):
 
 class DownloadPart(BaseModel):
     """One file a job transfers: the only one of URL and LOCAL_PATH jobs, one of many of
-    MULTI_FILE jobs. Resume validators are kept per file."""
+    MULTI_FILE jobs. Resume validators are kept per file.
+
+    Who writes it: the queue's event loop, except while the file transfers. Then the
+    transfer (a coroutine on a transfer thread for a URL, a worker thread for a local
+    copy) alone writes `bytes`, `total_bytes`, `destination` and the validators, and the
+    loop only reads them: a snapshot may hold a newer `bytes` than `total_bytes`, never a
+    torn value (each is one attribute store). `status` is the loop's alone, set before
+    the transfer starts and after it has ended; stopping a transfer waits until it has.
+    """
 
     source: str
     destination: Path | None = None

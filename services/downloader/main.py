@@ -26,6 +26,7 @@ async def build(server: ServiceServer, settings: DownloaderSettings) -> None:
     server.on_stopping(queue.shutdown)
 
     async def close_store() -> None:
+        await queue.close()
         store.close()
 
     server.on_shutdown(close_store)

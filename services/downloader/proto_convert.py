@@ -9,8 +9,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from easel.downloader.v1 import download_service_pb2 as pb
 from services.common import errors
 from services.common.proto_enums import EnumMap
-from services.downloader.download_queue import DEFAULT_PRIORITY, NewDownload, RemoteFile
+from services.downloader.job_requests import NewDownload, RemoteFile
 from services.downloader.jobs import (
+    DEFAULT_PRIORITY,
     DownloadEvent,
     DownloadJob,
     DownloadJobKind,

@@ -3,7 +3,9 @@
 Redirects are followed here rather than by aiohttp so that every hop is checked (scheme,
 SSRF guard) and the access token goes only to the host it was given for. A partial file
 resumes with `Range` + `If-Range`; the server's answer decides whether the bytes on disk
-are kept (206 with a Content-Range starting at our offset) or the file starts over.
+are kept (206 with a Content-Range starting at our offset), are the whole file already
+(416 with `Content-Range: bytes */<partial size>`: the range starts at the end) or the
+file starts over (anything else).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from services.downloader.address_guard import AddressGuard, AddressNotAllowedErr
 from services.downloader.file_names import FALLBACK_NAME, sanitise_remote_name
 from services.downloader.file_writer import BackgroundFileWriter
 from services.downloader.jobs import DownloadJob, DownloadPart, TransferError
+from services.downloader.local_transfer import make_folder
 from services.downloader.transfer_threads import TransferThreads
 
 READ_BUFFER_BYTES = 4 * 1024 * 1024
@@ -108,6 +111,8 @@ class UrlDownloader:
             raise TransferError("TIMEOUT", f"the server stopped answering: {exc}") from None
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
             raise TransferError("CONNECTION_ERROR", f"connection lost: {exc}") from None
+        except aiohttp.ClientError as exc:
+            raise TransferError("CONNECTION_ERROR", f"unusable answer: {exc}") from None
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
                 raise TransferError("DISK_FULL", f"no space left on device: {exc}") from None
@@ -128,15 +133,19 @@ class UrlDownloader:
         if offset and validator:
             headers = {"Range": f"bytes={offset}-", "If-Range": validator}
         async with self._open(session, part.source, job, headers) as response:
-            resumed = bool(headers) and _content_range_start(response) == offset
             if response.status == 416:
-                raise _StartOver
+                if _unsatisfied_range_size(response) != offset:
+                    raise _StartOver
+                self._take_complete(part, offset)
+                observer.headers_received(part)
+                return
+            resumed = bool(headers) and _content_range_start(response) == offset
             offset = offset if resumed else 0
             self._take_headers(part, response, offset, name_destination)
             observer.headers_received(part)
             partial = job.partial_path(part)
             assert partial is not None
-            partial.parent.mkdir(parents=True, exist_ok=True)
+            make_folder(partial.parent)
             self._check_free_space(partial.parent, max(part.total_bytes - offset, 0))
             part.bytes = offset
             _receive_in_large_reads(response)
@@ -175,6 +184,9 @@ class UrlDownloader:
                             "UNSUPPORTED_SCHEME", f"redirected to a {current.scheme} URL"
                         )
                     continue
+                if response.status == 416 and "Range" in headers:
+                    yield response  # the resume's answer: the caller decides
+                    return
                 if response.status >= 400:
                     raise TransferError(
                         f"HTTP_{response.status}",
@@ -185,6 +197,13 @@ class UrlDownloader:
             finally:
                 response.release()
         raise TransferError("TOO_MANY_REDIRECTS", f"{url}: more than {MAX_REDIRECTS} redirects")
+
+    @staticmethod
+    def _take_complete(part: DownloadPart, size: int) -> None:
+        """The partial file holds the whole file: the server's size is the partial's."""
+        if part.expected_size and size != part.expected_size:
+            raise _StartOver
+        part.total_bytes = part.bytes = size
 
     @staticmethod
     def _take_headers(
@@ -234,7 +253,7 @@ def _receive_in_large_reads(response: aiohttp.ClientResponse) -> None:
 
 
 class _StartOver(Exception):
-    """The server refused our range (416): the partial file is useless."""
+    """The server refused our range (416) and the partial file is not the whole file."""
 
 
 def _content_range_start(response: aiohttp.ClientResponse) -> int | None:
@@ -245,6 +264,13 @@ def _content_range_start(response: aiohttp.ClientResponse) -> int | None:
     unit, _, spec = value.partition(" ")
     first, _, _ = spec.partition("-")
     return int(first) if unit == "bytes" and first.isdigit() else None
+
+
+def _unsatisfied_range_size(response: aiohttp.ClientResponse) -> int | None:
+    """The full size a 416 answer states (`Content-Range: bytes */<size>`), else None."""
+    unit, _, spec = response.headers.get("Content-Range", "").partition(" ")
+    star, _, size = spec.partition("/")
+    return int(size) if unit == "bytes" and star == "*" and size.isdigit() else None
 
 
 def _remote_name(response: aiohttp.ClientResponse, url: str) -> str:

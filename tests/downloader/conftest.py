@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import grpc
@@ -37,7 +37,7 @@ class Downloads:
     def __init__(self, service: ServiceProcess, root: Path) -> None:
         self.service = service
         self.root = root
-        self._channel = grpc.aio.insecure_channel(service.address)
+        self._channel = service.channel()  # sends the suite's token
         self.stub = download_service_pb2_grpc.DownloadServiceStub(self._channel)
 
     async def call(self, method: str, request, deadline: float = 30):
@@ -74,10 +74,17 @@ class Downloads:
             await asyncio.sleep(0.01)
         raise AssertionError(f"job {job_id} never reached the state: {job}")
 
-    async def watch(self, job_ids: list[int]) -> list[pb.DownloadEvent]:
-        """Every event of a stream over `job_ids`, until the server ends it."""
+    async def watch(
+        self, job_ids: list[int], then: Callable[[], Awaitable[object]] | None = None
+    ) -> list[pb.DownloadEvent]:
+        """Every event of a stream over `job_ids`, until the server ends it; `then` runs once
+        the stream's snapshot has arrived, so nothing it causes can be missed."""
         stream = self.stub.WatchDownloads(pb.WatchDownloadsRequest(job_ids=job_ids), timeout=60)
-        return [response.event async for response in stream]
+        responses = stream.__aiter__()
+        snapshot = [(await anext(responses)).event for _ in job_ids]
+        if then is not None:
+            await then()
+        return snapshot + [response.event async for response in responses]
 
     async def close(self) -> None:
         await self._channel.close()

@@ -29,6 +29,8 @@ async def assert_no_jobs(downloads) -> None:
         ("http://", "INVALID_SOURCE"),
         ("http://[::1", "INVALID_SOURCE"),
         ("not a url or a path", "INVALID_SOURCE"),
+        ("http://1.2.3.4.5/model.bin", "INVALID_SOURCE"),  # numbers, but no IPv4 address
+        ("http://256.0.0.1/model.bin", "INVALID_SOURCE"),
     ],
 )
 async def test_bad_sources_are_invalid_arguments(downloads, source, reason):
@@ -83,6 +85,62 @@ async def test_malformed_requests_name_their_field(remote, downloads):
             await downloads.create(**fields)
         assert caught.value.violations[0].field == field
     await assert_no_jobs(downloads)
+
+
+async def test_a_destination_that_is_a_file_is_refused(remote, downloads):
+    remote.add("f.bin", 10)
+    url = remote.url("/files/f.bin")
+    blocker = downloads.root / "blocker"
+    blocker.write_bytes(b"not a folder")
+    folder = downloads.root / "folder"
+    folder.mkdir()
+    (folder / "file").write_bytes(b"x")
+    source = downloads.root / "source.bin"
+    source.write_bytes(b"s")
+
+    def files(*paths: str) -> pb.MultiFileSource:
+        return pb.MultiFileSource(files=[pb.MultiFileSourceFile(url=url, path=p) for p in paths])
+
+    cases = [
+        ({"single_source": url, "dest_dir": str(blocker)}, "dest_dir"),
+        ({"single_source": url, "dest_dir": str(blocker / "below")}, "dest_dir"),
+        ({"single_source": url, "dest_path": str(blocker / "f.bin")}, "dest_path"),
+        ({"single_source": str(source), "dest_dir": str(blocker)}, "dest_dir"),
+        ({"multi_file": files("x.bin"), "dest_dir": str(blocker)}, "dest_dir"),
+        (
+            {"multi_file": files("ok.bin", "file/x.bin"), "dest_dir": str(folder)},
+            "multi_file.files[1].path",
+        ),
+    ]
+    for fields, field in cases:
+        with pytest.raises(errors.InvalidArgumentError) as caught:
+            await downloads.create(**fields)
+        assert (caught.value.reason, caught.value.violations[0].field) == (
+            "INVALID_DESTINATION",
+            field,
+        )
+    await assert_no_jobs(downloads)
+    assert blocker.read_bytes() == b"not a folder"
+    assert downloads.files(folder) == ["file"]
+    assert remote.requests == []
+
+
+@pytest.mark.parametrize(
+    "host", ["127.1", "2130706433", "0x7f.1", "0177.0.0.1", "0x7f000001", "127.0.0.1."]
+)
+async def test_odd_ipv4_spellings_are_refused_at_create(remote, downloads, host):
+    remote.add("f.bin", 10)
+    url = f"http://{host}:{remote.port}/files/f.bin"
+    # Refused although the fixture allows loopback: only the standard spelling is checked.
+    with pytest.raises(errors.PermissionDeniedError) as caught:
+        await downloads.create(single_source=url, dest_dir=str(downloads.root))
+    assert caught.value.reason == "ADDRESS_NOT_ALLOWED"
+    assert caught.value.metadata == {"host": host, "address": "127.0.0.1"}
+    multi = pb.MultiFileSource(files=[pb.MultiFileSourceFile(url=url, path="f.bin")])
+    with pytest.raises(errors.PermissionDeniedError):
+        await downloads.create(multi_file=multi, dest_dir=str(downloads.root))
+    await assert_no_jobs(downloads)
+    assert remote.requests == []
 
 
 async def test_unknown_ids_and_finished_jobs(remote, downloads):
@@ -210,6 +268,15 @@ async def test_a_redirect_to_a_refused_address_is_refused(remote, start_download
         "ADDRESS_NOT_ALLOWED",
     )
     assert [r.path for r in remote.requests] == ["/redirect"]
+
+    odd = remote.url(f"/redirect?to=http://127.1:{remote.port}/status/200")
+    job = await downloads.create(single_source=odd, dest_dir=str(downloads.root))
+    failed = await downloads.wait(job.id)
+    assert (failed.error_type, failed.error) == (
+        "ADDRESS_NOT_ALLOWED",
+        "127.1 is a non-standard spelling of the IPv4 address 127.0.0.1; write it as 127.0.0.1",
+    )
+    assert remote.requests_to("/status/") == []
 
     job = await downloads.create(
         single_source=remote.url("/redirect?to=ftp://example.com/x"), dest_dir=str(downloads.root)

@@ -8,6 +8,7 @@ import grpc
 import pytest
 
 from easel.downloader.v1 import download_service_pb2 as pb
+from services.common import errors
 from tests.remote_host import TOKEN
 
 S = pb  # status names read better as S.DOWNLOAD_JOB_STATUS_…
@@ -170,10 +171,7 @@ async def test_watch_reports_states_and_progress_about_every_percent(remote, dow
         dest_dir=str(downloads.root / "w"),
         start_later=True,
     )
-    watching = asyncio.create_task(downloads.watch([job.id]))
-    await asyncio.sleep(0.2)
-    await downloads.start(job.id)
-    events = await asyncio.wait_for(watching, 30)
+    events = await downloads.watch([job.id], then=lambda: downloads.start(job.id))
     states = [e.job_changed.job.status for e in events if e.HasField("job_changed")]
     assert states[0] == S.DOWNLOAD_JOB_STATUS_IDLE  # the snapshot comes first
     assert states[-1] == S.DOWNLOAD_JOB_STATUS_COMPLETED
@@ -443,3 +441,100 @@ async def test_a_restart_keeps_the_finished_files_of_a_multi_file_job(remote, st
     assert done.status == S.DOWNLOAD_JOB_STATUS_COMPLETED
     assert (dest / "slow.bin").read_bytes() == slow
     assert len(remote.requests_to("/files/fast.bin")) == 1  # not fetched again
+
+
+async def test_a_416_for_a_complete_partial_file_finishes_the_job(remote, downloads):
+    content = remote.add("whole.bin", 4 * 1024 * 1024)
+    dest = downloads.root / "whole"
+    job = await downloads.create(
+        single_source=remote.url("/slow/whole.bin?delay=0.02"), dest_dir=str(dest)
+    )
+    await downloads.until(job.id, lambda j: j.bytes > 256 * 1024)
+    await downloads.pause(job.id)
+    # Every byte had arrived, but the job was stopped before the partial file was renamed.
+    (dest / f"whole.bin.{job.id}.part").write_bytes(content)
+    await downloads.start(job.id)
+    done = await downloads.wait(job.id)
+    assert done.status == S.DOWNLOAD_JOB_STATUS_COMPLETED, done.error
+    assert (done.bytes, done.total_bytes) == (len(content), len(content))
+    assert (dest / "whole.bin").read_bytes() == content
+    assert downloads.files(dest) == ["whole.bin"]
+    last = remote.requests_to("/slow/")[-1]  # nothing was fetched after the 416
+    assert (last.range, last.status) == (f"bytes={len(content)}-", 416)
+
+
+async def test_a_416_for_a_partial_file_longer_than_the_file_starts_over(remote, downloads):
+    content = remote.add("long.bin", 4 * 1024 * 1024)
+    dest = downloads.root / "long"
+    job = await downloads.create(
+        single_source=remote.url("/slow/long.bin?delay=0.02"), dest_dir=str(dest)
+    )
+    await downloads.until(job.id, lambda j: j.bytes > 256 * 1024)
+    await downloads.pause(job.id)
+    (dest / f"long.bin.{job.id}.part").write_bytes(content + b"a stale tail")
+    await downloads.start(job.id)
+    done = await downloads.wait(job.id)
+    assert done.status == S.DOWNLOAD_JOB_STATUS_COMPLETED, done.error
+    assert (dest / "long.bin").read_bytes() == content
+    assert [r.status for r in remote.requests_to("/slow/")][-2:] == [416, 200]
+
+
+@pytest.mark.parametrize("kind", ["url", "multi_file", "local_path"])
+async def test_a_destination_that_became_a_file_ends_the_job_in_error(
+    remote, start_downloader, kind
+):
+    remote.add("f.bin", 1000)
+    downloads = await start_downloader()
+    dest = downloads.root / "later"
+    source = downloads.root / "source.bin"
+    source.write_bytes(b"local")
+    sources = {
+        "url": {"single_source": remote.url("/files/f.bin")},
+        "multi_file": {
+            "multi_file": pb.MultiFileSource(
+                files=[pb.MultiFileSourceFile(url=remote.url("/files/f.bin"), path="f.bin")]
+            )
+        },
+        "local_path": {"single_source": str(source)},
+    }
+    job = await downloads.create(dest_dir=str(dest), start_later=True, **sources[kind])
+    dest.write_bytes(b"a file now")
+    await downloads.start(job.id)
+    failed = await downloads.wait(job.id)
+    assert (failed.status, failed.error_type) == (
+        S.DOWNLOAD_JOB_STATUS_ERROR,
+        "DESTINATION_EXISTS",
+    )
+    assert str(dest) in failed.error
+    with pytest.raises(errors.FailedPreconditionError) as cancelled:
+        await downloads.cancel(job.id)
+    assert cancelled.value.reason == "DOWNLOAD_JOB_FINISHED"
+    assert dest.read_bytes() == b"a file now"
+    assert source.read_bytes() == b"local"
+
+    assert downloads.service.stop() == 0
+    fetched = len(remote.requests)
+    restarted = await start_downloader()
+    assert (await restarted.get(job.id)).status == S.DOWNLOAD_JOB_STATUS_ERROR
+    assert len(remote.requests) == fetched  # not fetched again
+
+
+async def test_huggingface_file_pages_are_fetched_as_the_files(downloads):
+    dest = str(downloads.root / "hf")
+    page = "https://huggingface.co/org/model/blob/main/unet/model.safetensors?download=true"
+    job = await downloads.create(single_source=page, dest_dir=dest, start_later=True)
+    assert job.source == (
+        "https://huggingface.co/org/model/resolve/main/unet/model.safetensors?download=true"
+    )
+    files = [
+        pb.MultiFileSourceFile(url="https://hf.co/datasets/org/data/blob/v1/a.json", path="a"),
+        pb.MultiFileSourceFile(url="https://example.com/org/model/blob/main/b", path="b"),
+    ]
+    multi = await downloads.create(
+        multi_file=pb.MultiFileSource(files=files), dest_dir=dest, start_later=True
+    )
+    assert [part.source for part in multi.parts] == [
+        "https://hf.co/datasets/org/data/resolve/v1/a.json",
+        "https://example.com/org/model/blob/main/b",  # not the hub: left as it is
+    ]
+    assert (await downloads.get(job.id)).source == job.source

@@ -1,18 +1,21 @@
-"""The downloader's building blocks, tested directly: slots, names, the address guard."""
+"""The downloader's building blocks, tested directly: slots, names, the address guard,
+HuggingFace file URLs."""
 
 from __future__ import annotations
 
 import asyncio
+import re
 from ipaddress import ip_address, ip_network
 
 import pytest
 
-from services.downloader.address_guard import AddressGuard, AddressNotAllowedError
+from services.downloader.address_guard import AddressGuard, AddressNotAllowedError, numeric_ipv4
 from services.downloader.file_names import (
     is_plain_name,
     is_safe_relative_path,
     sanitise_remote_name,
 )
+from services.downloader.job_requests import hub_file_url
 from services.downloader.transfer_slots import TransferSlots
 
 
@@ -94,3 +97,70 @@ def test_the_guard_refuses_internal_addresses_unless_allowed():
     loopback_allowed = AddressGuard([ip_network("127.0.0.0/8")])
     assert loopback_allowed.allows(ip_address("127.0.0.5"))
     assert not loopback_allowed.allows(ip_address("10.0.0.1"))
+
+
+@pytest.mark.parametrize(
+    ("host", "address"),
+    [
+        ("127.1", "127.0.0.1"),
+        ("2130706433", "127.0.0.1"),
+        ("0x7f.1", "127.0.0.1"),
+        ("0X7F.0.0.1", "127.0.0.1"),
+        ("0177.0.0.1", "127.0.0.1"),
+        ("127.0.0.1.", "127.0.0.1"),
+        ("10.1.513", "10.1.2.1"),
+        ("0x5d.184.216.34", "93.184.216.34"),  # public, yet refused: spelled oddly
+    ],
+)
+def test_the_guard_refuses_odd_ipv4_spellings(host, address):
+    assert numeric_ipv4(host) == ip_address(address)
+    with pytest.raises(AddressNotAllowedError) as refused:
+        AddressGuard([ip_network("0.0.0.0/0")]).check_literal(host)
+    assert (refused.value.host, refused.value.address) == (host, address)
+
+
+def test_hosts_that_are_names_or_no_address():
+    for name in ("example.com", "huggingface.co", "1e1", "a1", "127.0.0.1.example.com"):
+        assert numeric_ipv4(name) is None, name
+    for nonsense in ("1.2.3.4.5", "256.0.0.1", "1..2", "08", "4294967296", "x.1"):
+        with pytest.raises(ValueError, match=re.escape(nonsense)):
+            numeric_ipv4(nonsense)
+
+
+@pytest.mark.parametrize(
+    ("url", "file_url"),
+    [
+        (
+            "https://huggingface.co/org/model/blob/main/unet/model.safetensors",
+            "https://huggingface.co/org/model/resolve/main/unet/model.safetensors",
+        ),
+        ("https://hf.co/gpt2/blob/main/config.json", "https://hf.co/gpt2/resolve/main/config.json"),
+        (
+            "https://huggingface.co/spaces/org/app/blob/a1b2c3/app.py",
+            "https://huggingface.co/spaces/org/app/resolve/a1b2c3/app.py",
+        ),
+        (
+            "https://huggingface.co/org/model/blob/main/a%20b.bin?download=true",
+            "https://huggingface.co/org/model/resolve/main/a%20b.bin?download=true",
+        ),
+        (  # a repo named "blob" that is already a file URL
+            "https://huggingface.co/org/blob/resolve/main/f.bin",
+            "https://huggingface.co/org/blob/resolve/main/f.bin",
+        ),
+        (
+            "https://huggingface.co/org/blob/blob/main/f.bin",
+            "https://huggingface.co/org/blob/resolve/main/f.bin",
+        ),
+        (
+            "https://huggingface.co/org/model/blob/main/",
+            "https://huggingface.co/org/model/blob/main/",
+        ),
+        ("https://huggingface.co/org/model", "https://huggingface.co/org/model"),
+        (
+            "https://mirror.example/org/model/blob/main/f",
+            "https://mirror.example/org/model/blob/main/f",
+        ),
+    ],
+)
+def test_hub_file_pages_become_file_urls(url, file_url):
+    assert hub_file_url(url) == file_url
