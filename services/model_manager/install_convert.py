@@ -34,6 +34,7 @@ from services.model_manager.record_convert import (
     config_to_pb,
     dict_changes,
 )
+from services.model_manager.records.configs import AnyModelConfig
 
 INSTALL_STATUS = EnumMap(InstallStatus, install_pb.InstallStatus)
 UNINSTALL_MODE = EnumMap(UninstallMode, install_pb.UninstallMode)
@@ -84,6 +85,20 @@ def install_source(request: install_pb.CreateInstallJobRequest) -> ModelSource:
     raise InvalidArgumentError(
         "a source is required", field="heuristic_source", reason="INVALID_SOURCE"
     )
+
+
+def source_filter(text: str) -> str:
+    """A ListInstallJobs `source` in the string form jobs show (a repo's variant resolved);
+    empty for no filter."""
+    if not text:
+        return ""
+    try:
+        source = parse_source(text)
+    except InvalidArgumentError as exc:
+        raise InvalidArgumentError(
+            exc.message, field="source", reason=exc.reason, metadata=exc.metadata
+        ) from None
+    return str(source.resolved() if isinstance(source, HuggingFaceModelSource) else source)
 
 
 def install_statuses(values: list[int]) -> list[InstallStatus]:
@@ -181,7 +196,7 @@ def sync_to_pb(report: SyncReport) -> install_pb.SyncModelsResponse:
             for config, removed in report.missing
         ],
         found=[
-            install_pb.FoundModel(model=config_to_pb(config), registered=registered)
+            install_pb.FoundModel(model=_found_config(config, registered), registered=registered)
             for config, registered in report.found
         ],
         failed=[
@@ -189,6 +204,16 @@ def sync_to_pb(report: SyncReport) -> install_pb.SyncModelsResponse:
             for path, error in report.failed
         ],
     )
+
+
+def _found_config(config: AnyModelConfig, registered: bool) -> model_pb2.ModelConfig:
+    """A registered model's record; an unregistered one's probed config has no key or times,
+    since no record exists."""
+    message = config_to_pb(config)
+    if not registered:
+        for name in ("key", "create_time", "update_time"):
+            message.ClearField(name)
+    return message
 
 
 def _install_part(part: InstallPart) -> install_pb.InstallPart:

@@ -6,6 +6,9 @@ Probing, hashing and moving files block, so those calls run in worker threads.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+
+from grpc import aio
 
 from easel.model_manager.v1 import model_install_service_pb2 as pb
 from easel.model_manager.v1 import model_install_service_pb2_grpc
@@ -26,7 +29,9 @@ class ModelInstallServicer(model_install_service_pb2_grpc.ModelInstallServiceSer
         self._cache = cache
         self._store = store
 
-    async def ProbeModel(self, request, context):
+    async def ProbeModel(
+        self, request: pb.ProbeModelRequest, context: aio.ServicerContext
+    ) -> pb.ProbeModelResponse:
         config = await asyncio.to_thread(
             self._installer.probe,
             request.path,
@@ -35,59 +40,82 @@ class ModelInstallServicer(model_install_service_pb2_grpc.ModelInstallServiceSer
         )
         return pb.ProbeModelResponse(model=record_convert.config_to_pb(config))
 
-    async def CreateInstallJob(self, request, context):
+    async def CreateInstallJob(
+        self, request: pb.CreateInstallJobRequest, context: aio.ServicerContext
+    ) -> pb.CreateInstallJobResponse:
         source = convert.install_source(request)
-        job = self._installer.import_model(source, convert.config_dict(request.config))
+        job = await self._installer.import_model(source, convert.config_dict(request.config))
         return pb.CreateInstallJobResponse(job=convert.install_job_to_pb(job))
 
-    async def GetInstallJob(self, request, context):
+    async def GetInstallJob(
+        self, request: pb.GetInstallJobRequest, context: aio.ServicerContext
+    ) -> pb.GetInstallJobResponse:
         job = self._installer.get_job(request.id)
         return pb.GetInstallJobResponse(job=convert.install_job_to_pb(job))
 
-    async def ListInstallJobs(self, request, context):
+    async def ListInstallJobs(
+        self, request: pb.ListInstallJobsRequest, context: aio.ServicerContext
+    ) -> pb.ListInstallJobsResponse:
         statuses = convert.install_statuses(list(request.statuses))
-        size = paging.page_size(request.page_size)
         fingerprint = [request.source, sorted(status.value for status in statuses)]
-        offset = paging.page_offset(request.page_token, fingerprint)
-        jobs = self._installer.list_jobs(request.source, statuses)
-        more = offset + size < len(jobs)
+        jobs, next_token = paging.paginate(
+            self._installer.list_jobs(convert.source_filter(request.source), statuses),
+            request.page_size,
+            request.page_token,
+            fingerprint,
+        )
         return pb.ListInstallJobsResponse(
-            jobs=[convert.install_job_to_pb(job) for job in jobs[offset : offset + size]],
-            next_page_token=paging.next_page_token(offset + size, fingerprint) if more else "",
+            jobs=[convert.install_job_to_pb(job) for job in jobs], next_page_token=next_token
         )
 
-    async def CancelInstallJob(self, request, context):
+    async def CancelInstallJob(
+        self, request: pb.CancelInstallJobRequest, context: aio.ServicerContext
+    ) -> pb.CancelInstallJobResponse:
         job = await self._installer.cancel_job(request.id)
         return pb.CancelInstallJobResponse(job=convert.install_job_to_pb(job))
 
-    async def PruneInstallJobs(self, request, context):
-        return pb.PruneInstallJobsResponse(pruned_job_ids=self._installer.prune_jobs())
+    async def PruneInstallJobs(
+        self, request: pb.PruneInstallJobsRequest, context: aio.ServicerContext
+    ) -> pb.PruneInstallJobsResponse:
+        return pb.PruneInstallJobsResponse(pruned_job_ids=await self._installer.prune_jobs())
 
-    async def WaitInstallJob(self, request, context):
+    async def WaitInstallJob(
+        self, request: pb.WaitInstallJobRequest, context: aio.ServicerContext
+    ) -> pb.WaitInstallJobResponse:
         job = await self._installer.wait_job(request.id)
         return pb.WaitInstallJobResponse(job=convert.install_job_to_pb(job))
 
-    async def WaitAllInstallJobs(self, request, context):
+    async def WaitAllInstallJobs(
+        self, request: pb.WaitAllInstallJobsRequest, context: aio.ServicerContext
+    ) -> pb.WaitAllInstallJobsResponse:
         jobs = await self._installer.wait_all()
         return pb.WaitAllInstallJobsResponse(jobs=[convert.install_job_to_pb(j) for j in jobs])
 
-    async def WatchInstallJobs(self, request, context):
+    async def WatchInstallJobs(
+        self, request: pb.WatchInstallJobsRequest, context: aio.ServicerContext
+    ) -> AsyncIterator[pb.WatchInstallJobsResponse]:
         async for delivery in self._installer.watch(request.job_ids):
             yield convert.install_event_to_pb(delivery.event, delivery.dropped_before)
 
-    async def RegisterPath(self, request, context):
+    async def RegisterPath(
+        self, request: pb.RegisterPathRequest, context: aio.ServicerContext
+    ) -> pb.RegisterPathResponse:
         config = await asyncio.to_thread(
             self._installer.register_path, request.path, convert.config_dict(request.config)
         )
         return pb.RegisterPathResponse(model=record_convert.config_to_pb(config))
 
-    async def InstallPath(self, request, context):
+    async def InstallPath(
+        self, request: pb.InstallPathRequest, context: aio.ServicerContext
+    ) -> pb.InstallPathResponse:
         config = await asyncio.to_thread(
             self._installer.install_path, request.path, convert.config_dict(request.config)
         )
         return pb.InstallPathResponse(model=record_convert.config_to_pb(config))
 
-    async def UninstallModel(self, request, context):
+    async def UninstallModel(
+        self, request: pb.UninstallModelRequest, context: aio.ServicerContext
+    ) -> pb.UninstallModelResponse:
         mode = convert.uninstall_mode(request.mode)
         key = record_convert.required_key(request.key)
         done = await asyncio.to_thread(self._installer.uninstall, key, mode)
@@ -97,19 +125,25 @@ class ModelInstallServicer(model_install_service_pb2_grpc.ModelInstallServiceSer
             path=str(done.path),
         )
 
-    async def DownloadAndCache(self, request, context):
+    async def DownloadAndCache(
+        self, request: pb.DownloadAndCacheRequest, context: aio.ServicerContext
+    ) -> pb.DownloadAndCacheResponse:
         cached = await self._cache.get(request.source, request.access_token)
         return pb.DownloadAndCacheResponse(
             local_path=str(cached.path), cached=cached.cached, size_bytes=cached.size_bytes
         )
 
-    async def SyncModels(self, request, context):
+    async def SyncModels(
+        self, request: pb.SyncModelsRequest, context: aio.ServicerContext
+    ) -> pb.SyncModelsResponse:
         report = await asyncio.to_thread(
             self._installer.sync, request.remove_missing, request.dry_run, request.register_new
         )
         return convert.sync_to_pb(report)
 
-    async def GetModelMetadata(self, request, context):
+    async def GetModelMetadata(
+        self, request: pb.GetModelMetadataRequest, context: aio.ServicerContext
+    ) -> pb.GetModelMetadataResponse:
         config = await asyncio.to_thread(self._store.get, record_convert.required_key(request.key))
         return pb.GetModelMetadataResponse(
             metadata=record_convert.metadata_to_pb(metadata_of(config))

@@ -20,6 +20,7 @@ from services.model_manager.install.download_cache import DownloadCache
 from services.model_manager.install.downloader_client import DownloaderClient
 from services.model_manager.install.hf_repo import HuggingFaceRepo
 from services.model_manager.install.installer import ModelInstaller
+from services.model_manager.install.job_store import InstallJobStore
 from services.model_manager.install_servicer import ModelInstallServicer
 from services.model_manager.record_servicer import ModelRecordServicer
 from services.model_manager.records.open_store import open_record_store
@@ -34,9 +35,11 @@ async def build(server: ServiceServer, settings: ModelManagerSettings) -> None:
     store = open_record_store(settings.model_config_db)
     downloads = DownloaderClient(settings)
     hub = HuggingFaceRepo(settings.hf_endpoint)
-    installer = ModelInstaller(settings, store, downloads, hub)
+    job_store = InstallJobStore(settings.install_jobs_db)
+    installer = ModelInstaller(settings, store, downloads, hub, job_store)
     cache_folder = settings.models_dir / ".cache" / "downloads"
     cache = DownloadCache(cache_folder, settings.download_cache_bytes, downloads, hub)
+    await installer.resume()  # first: a half-placed model must go before the sync sees it
     report = await asyncio.to_thread(
         installer.sync,
         remove_missing=settings.remove_missing_models,
@@ -45,10 +48,13 @@ async def build(server: ServiceServer, settings: ModelManagerSettings) -> None:
     )
     for config, removed in report.missing:
         log.warning("model files missing", key=config.key, path=config.path, removed=removed)
-    for config, _ in report.found:
-        log.info("registered a model found in models_dir", key=config.key, path=config.path)
+    for config, registered in report.found:
+        if registered:
+            log.info("registered a model found in models_dir", key=config.key, path=config.path)
+        else:
+            log.info("found a model without a record (not registered)", path=config.path)
     for path, error in report.failed:
-        log.warning("cannot register", path=str(path), reason=error.reason, error=error.message)
+        log.warning("not a model", path=str(path), reason=error.reason, error=error.message)
     server.add_service(
         model_record_service_pb2,
         model_record_service_pb2_grpc,
@@ -65,6 +71,7 @@ async def build(server: ServiceServer, settings: ModelManagerSettings) -> None:
 
     async def close() -> None:
         await downloads.close()
+        job_store.close()
         store.close()
 
     server.on_shutdown(close)

@@ -20,6 +20,9 @@ class ModelManagerSettings(CommonSettings):
     """The model record store: a SQLite file (.db, .sqlite) or a YAML file (.yaml, .yml),
     chosen by its extension; relative to the root."""
 
+    install_jobs_db: Path = Path("databases/installs.db")
+    """SQLite file of the install jobs (they survive a restart); relative to the root."""
+
     import_roots: list[Path] = Field(default_factory=list)
     """Folders (besides models_dir) local models may be probed, registered or installed
     from; the root when empty. Relative values are relative to the root."""
@@ -46,7 +49,7 @@ class ModelManagerSettings(CommonSettings):
         roots = [(self.root / root).resolve() for root in self.import_roots] or [self.root]
         return [self.models_dir, *roots]
 
-    @field_validator("models_dir", "model_config_db")
+    @field_validator("models_dir", "model_config_db", "install_jobs_db")
     @classmethod
     def _under_root(cls, path: Path, info: ValidationInfo) -> Path:
         """Absolute from here on, so no later use depends on the working directory."""

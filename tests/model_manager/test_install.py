@@ -4,146 +4,22 @@ a HuggingFace Hub stand-in and a plain HTTP host as the remote side, tiny real m
 from __future__ import annotations
 
 import asyncio
-import json
 import shutil
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 import pytest
 from google.protobuf import struct_pb2
 
 from easel.downloader.v1 import download_service_pb2 as download_pb
-from easel.downloader.v1 import download_service_pb2_grpc
 from easel.model_manager.v1 import model_install_service_pb2 as pb
-from easel.model_manager.v1 import (
-    model_install_service_pb2_grpc,
-    model_pb2,
-    model_record_service_pb2_grpc,
-)
+from easel.model_manager.v1 import model_pb2, model_record_service_pb2_grpc
 from easel.model_manager.v1 import model_record_service_pb2 as records_pb
 from services.common import errors
-from services.common.error_status import from_rpc_error
 from services.model_manager.records.configs import parse_config
 from services.model_manager.records.open_store import open_record_store
-from tests.hf_hub import HubStandIn
 from tests.model_fixtures import ModelZoo
-from tests.processes import ServiceProcess, start_service, wait_serving
-from tests.remote_host import RemoteHost
-
-GATE_TOKEN = "hf_gate_token"
-
-
-def publish(hub_root: Path, repo_id: str, *folders: Path, tags=(), gated: bool = False) -> None:
-    """Put a repository on the hub stand-in: the files of `folders`, merged."""
-    target = hub_root / repo_id
-    for folder in folders:
-        if folder.is_dir():
-            shutil.copytree(folder, target, dirs_exist_ok=True)
-        else:
-            target.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(folder, target / folder.name)
-    if tags:
-        (target / ".tags").write_text("\n".join(tags))
-    if gated:
-        (target / ".gated").write_text(GATE_TOKEN)
-
-
-@dataclass
-class Suite:
-    root: Path
-    models_dir: Path
-    hub: HubStandIn
-    remote: RemoteHost
-    model_manager: ServiceProcess
-    install: model_install_service_pb2_grpc.ModelInstallServiceStub
-    records: model_record_service_pb2_grpc.ModelRecordServiceStub
-    downloads: download_service_pb2_grpc.DownloadServiceStub
-
-    async def call(self, stub, method: str, request, deadline: float = 60):
-        try:
-            return await getattr(stub, method)(request, timeout=deadline)
-        except grpc.aio.AioRpcError as error:
-            raise from_rpc_error(error) from None
-
-    async def create(self, config: dict | None = None, **fields) -> pb.InstallJob:
-        request = pb.CreateInstallJobRequest(**fields)
-        if config:
-            request.config.update(config)
-        return (await self.call(self.install, "CreateInstallJob", request)).job
-
-    async def install_and_wait(self, config: dict | None = None, **fields) -> pb.InstallJob:
-        job = await self.create(config, **fields)
-        request = pb.WaitInstallJobRequest(id=job.id)
-        return (await self.call(self.install, "WaitInstallJob", request)).job
-
-    async def models(self) -> list[model_pb2.ModelConfig]:
-        listed = await self.call(self.records, "ListModels", records_pb.ListModelsRequest())
-        return list(listed.models)
-
-    def files(self) -> list[str]:
-        """Everything in models_dir, staging and caches included, as relative paths."""
-        return sorted(
-            str(p.relative_to(self.models_dir)) for p in self.models_dir.rglob("*") if p.is_file()
-        )
-
-    def source(self, model: Path) -> Path:
-        """A copy of a zoo model under the root, where local sources may come from."""
-        copy = self.root / "sources" / model.name
-        if model.is_dir():
-            shutil.copytree(model, copy)
-        else:
-            copy.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(model, copy)
-        return copy
-
-
-@pytest.fixture
-def suite_settings() -> dict[str, str]:
-    """Extra model manager settings of a test's suite; tests parametrize it."""
-    return {}
-
-
-@pytest.fixture
-async def suite(tmp_path, easel_env, suite_settings) -> AsyncIterator[Suite]:
-    hub = HubStandIn(tmp_path / "hub")
-    (tmp_path / "hub").mkdir()
-    remote = RemoteHost()
-    await hub.start()
-    await remote.start()
-    env = {
-        **easel_env,
-        "EASEL_ALLOWED_NETWORKS": json.dumps(["127.0.0.0/8"]),
-        "EASEL_FREE_SPACE_RESERVE_BYTES": "0",
-        "EASEL_HF_ENDPOINT": hub.endpoint,
-        "HF_HUB_DISABLE_XET": "1",
-        **{f"EASEL_{name.upper()}": value for name, value in suite_settings.items()},
-    }
-    downloader = start_service("downloader", env, tmp_path)
-    model_manager = start_service("model_manager", env, tmp_path)
-    await asyncio.gather(
-        asyncio.to_thread(wait_serving, downloader), asyncio.to_thread(wait_serving, model_manager)
-    )
-    root = Path(env["EASEL_ROOT"])
-    async with (
-        grpc.aio.insecure_channel(model_manager.address) as manager_channel,
-        grpc.aio.insecure_channel(downloader.address) as downloader_channel,
-    ):
-        yield Suite(
-            root=root,
-            models_dir=root / "models",
-            hub=hub,
-            remote=remote,
-            model_manager=model_manager,
-            install=model_install_service_pb2_grpc.ModelInstallServiceStub(manager_channel),
-            records=model_record_service_pb2_grpc.ModelRecordServiceStub(manager_channel),
-            downloads=download_service_pb2_grpc.DownloadServiceStub(downloader_channel),
-        )
-    model_manager.stop()
-    downloader.stop()
-    await hub.stop()
-    await remote.stop()
+from tests.model_manager.install_suite import GATE_TOKEN, publish, until
+from tests.processes import start_service, wait_serving
 
 
 async def test_a_local_file_is_copied_in_and_registered(suite, model_zoo: ModelZoo):
@@ -314,12 +190,11 @@ async def test_cancelling_an_install_cancels_its_download(suite):
         request = pb.CancelInstallJobRequest(id=job_id)
         return (await suite.call(suite.install, "CancelInstallJob", request)).job
 
-    for _ in range(500):
-        request = pb.GetInstallJobRequest(id=job.id)
-        job = (await suite.call(suite.install, "GetInstallJob", request)).job
-        if job.bytes > 0:
-            break
-        await asyncio.sleep(0.01)
+    async def downloading() -> pb.InstallJob | None:
+        current = await suite.job(job.id)
+        return current if current.download_job_ids and current.bytes > 0 else None
+
+    job = await until(downloading)  # mid-download, not before it began
     cancelled = await cancel(job.id)
     assert cancelled.status == pb.INSTALL_STATUS_CANCELLED
     request = download_pb.GetDownloadJobRequest(id=job.download_job_ids[0])
@@ -520,7 +395,7 @@ async def test_start_up_sync_follows_its_settings(tmp_path, easel_env, model_zoo
     service = start_service("model_manager", env, tmp_path)
     try:
         await asyncio.to_thread(wait_serving, service)
-        async with grpc.aio.insecure_channel(service.address) as channel:
+        async with service.channel() as channel:
             stub = model_record_service_pb2_grpc.ModelRecordServiceStub(channel)
             listed = await stub.ListModels(records_pb.ListModelsRequest())
     finally:

@@ -14,8 +14,7 @@ from clients.sdk import EaselClient
 from easel.model_manager.v1 import model_pb2 as m
 from easel.model_manager.v1 import model_record_service_pb2 as pb
 from services.common import errors
-from services.common.settings import CommonSettings
-from tests.processes import wait_serving
+from tests.processes import client_settings, wait_serving
 
 SHA = "sha256:" + "e3" * 32
 
@@ -43,12 +42,7 @@ def main_model(**fields: Any) -> m.ModelConfig:
 
 
 def connect(easel_env: dict[str, str]) -> EaselClient:
-    return EaselClient(
-        CommonSettings(
-            root=Path(easel_env["EASEL_ROOT"]),
-            model_manager_address=easel_env["EASEL_MODEL_MANAGER_ADDRESS"],
-        )
-    )
+    return EaselClient(client_settings(easel_env))  # the suite's addresses and token
 
 
 @pytest.fixture

@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
+from easel.model_manager.v1 import model_pb2, model_record_service_pb2_grpc
+from easel.model_manager.v1 import model_record_service_pb2 as records_pb
 from services.common import errors
 from services.model_manager.records import record_store
 from services.model_manager.records.configs import (
@@ -30,6 +32,7 @@ from services.model_manager.records.record_store import (
     StoreBackend,
 )
 from services.model_manager.records.taxonomy import BaseModelType, ModelFormat, ModelType
+from tests.processes import wait_serving
 
 BLAKE3 = "blake3:" + "ab" * 32
 SHA256 = "sha256:" + "cd" * 32
@@ -492,6 +495,50 @@ def test_a_yaml_write_that_fails_changes_nothing(tmp_path: Path, monkeypatch: py
     assert store.search() == [kept]
     assert (tmp_path / "models.yaml").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["models.yaml"]
+
+
+def test_a_yaml_store_has_one_writer(tmp_path: Path):
+    path = tmp_path / "models.yaml"
+    first = open_record_store(path)
+    kept = first.add(config(name="kept"))  # the file is replaced: the lock goes with it
+    for attempt in range(2):
+        with pytest.raises(errors.FailedPreconditionError) as caught:
+            open_record_store(path)
+        assert caught.value.reason == "RECORD_STORE_LOCKED"
+        assert caught.value.metadata == {"path": str(path)}
+        first.add(config(name=f"more-{attempt}"))
+    assert first.count() == 3
+    first.close()
+    second = open_record_store(path)
+    try:
+        assert second.get(kept.key) == kept
+        assert second.count() == 3
+    finally:
+        second.close()
+
+
+def test_a_second_model_manager_on_a_yaml_store_is_refused(run_service, easel_env: dict[str, str]):
+    env = {**easel_env, "EASEL_MODEL_CONFIG_DB": "records/models.yaml"}
+    first = run_service("model_manager", env=env)
+    wait_serving(first)
+    second = run_service("model_manager", env={**env, "EASEL_MODEL_MANAGER_ADDRESS": "127.0.0.1:0"})
+    assert second.process.wait(timeout=60) == 1
+    lines = second.log().splitlines()
+    assert [line for line in lines if "RECORD_STORE_LOCKED" in line] == lines[-1:]
+    assert "Traceback" not in second.log()
+    with first.sync_channel() as channel:
+        records = model_record_service_pb2_grpc.ModelRecordServiceStub(channel)
+        model = model_pb2.ModelConfig(
+            name="still here",
+            base=model_pb2.BASE_MODEL_TYPE_SD_1,
+            type=model_pb2.MODEL_TYPE_MAIN,
+            format=model_pb2.MODEL_FORMAT_CHECKPOINT,
+            path="sd-1/main/a.safetensors",
+        )
+        records.CreateModel(records_pb.CreateModelRequest(model=model), timeout=30)
+        listed = records.ListModels(records_pb.ListModelsRequest(), timeout=30)
+    assert [m.name for m in listed.models] == ["still here"]
+    assert first.process.poll() is None
 
 
 def test_a_config_class_is_picked_by_type_and_format(store: ModelRecordStore):

@@ -1,16 +1,22 @@
-"""The model manager's use of the downloader service: one job per model, followed to its end.
+"""The model manager's client of the downloader service, in the model manager's own terms.
 
-A download's failure becomes the install error a caller can act on: a 404 is
-REMOTE_NOT_FOUND, a 401/403 REMOTE_ACCESS_DENIED (a gated repo without a token), a full
-disk DISK_FULL, anything else DOWNLOAD_FAILED carrying the downloader's own reason.
+Callers name what to fetch in plain values (one URL, or files with their paths under a
+folder; the folder; an access token) and get back a `DownloadResult`, with progress as
+`DownloadProgress` along the way; only this module sees the downloader's protobuf messages.
+
+A download's failure becomes an error a caller can act on: a 404 is REMOTE_NOT_FOUND, a
+401/403 REMOTE_ACCESS_DENIED (a gated repo without a token), a full disk DISK_FULL,
+anything else DOWNLOAD_FAILED carrying the downloader's own reason; a downloader that
+cannot be reached is DOWNLOADER_UNAVAILABLE.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 
@@ -21,10 +27,17 @@ from services.common.channels import open_channel
 from services.common.error_status import from_rpc_error
 from services.common.settings import CommonSettings
 
+_ACTIVE = (
+    pb.DOWNLOAD_JOB_STATUS_IDLE,
+    pb.DOWNLOAD_JOB_STATUS_ENQUEUED,
+    pb.DOWNLOAD_JOB_STATUS_RUNNING,
+    pb.DOWNLOAD_JOB_STATUS_PAUSED,
+)
+
 
 @dataclass(frozen=True)
 class RemoteFile:
-    """A file to fetch: its URL, its path under the destination folder and known size."""
+    """A file to fetch: its URL, its path under the destination folder, its size (0: unknown)."""
 
     url: str
     path: str
@@ -32,21 +45,48 @@ class RemoteFile:
 
 
 @dataclass(frozen=True)
+class FileProgress:
+    """One file of a download: where it comes from, where it goes (None until the server
+    has named a URL's file), how much has arrived."""
+
+    source: str
+    path: Path | None
+    bytes: int
+    total_bytes: int
+
+
+@dataclass(frozen=True)
 class DownloadProgress:
-    """Where a model's download stands, per file and in total."""
+    """Where a download stands, in total and per file."""
 
     job_id: int
     bytes: int
     total_bytes: int
-    parts: tuple[tuple[str, str, int, int], ...]  # source, local path, bytes, total
+    files: tuple[FileProgress, ...]
 
 
-class DownloadCancelledError(Exception):
-    """The download job was cancelled in the downloader (by someone other than us)."""
+@dataclass(frozen=True)
+class DownloadResult:
+    """A completed download: every file at its final path."""
+
+    job_id: int
+    files: tuple[FileProgress, ...]
+
+
+class DownloadCancelledError(errors.OperationCancelledError):
+    """The download was cancelled in the downloader by someone other than its caller."""
+
+    default_reason = "DOWNLOAD_CANCELLED"
+
+
+class DownloadGoneError(errors.NotFoundError):
+    """The downloader no longer knows the download (pruned, or its database replaced)."""
+
+    default_reason = "DOWNLOAD_JOB_NOT_FOUND"
 
 
 class DownloaderClient:
-    """Creates download jobs, follows them, and cancels them when the install is cancelled."""
+    """Starts downloads, follows them to their end, and cancels them."""
 
     def __init__(self, settings: CommonSettings) -> None:
         self._channel = open_channel(settings.downloader_address, settings)
@@ -55,44 +95,79 @@ class DownloaderClient:
     async def close(self) -> None:
         await self._channel.close()
 
-    async def download(
-        self,
-        request: pb.CreateDownloadJobRequest,
-        on_progress: Callable[[DownloadProgress], None],
-    ) -> pb.DownloadJob:
-        """Run one download job to its end and return it COMPLETED, or raise why not."""
-        job = (await self._call(self._stub.CreateDownloadJob, request)).job
-        on_progress(_progress(job))
-        try:
-            job = await self._follow(job, on_progress)
-        except asyncio.CancelledError:
-            await asyncio.shield(self._cancel(job.id))
-            raise
-        if job.status == pb.DOWNLOAD_JOB_STATUS_CANCELLED:
-            raise DownloadCancelledError(f"download job {job.id} was cancelled")
-        if job.status != pb.DOWNLOAD_JOB_STATUS_COMPLETED:
-            raise _download_error(job, request)
-        return job
+    async def start_url(self, url: str, folder: Path, access_token: str | None) -> int:
+        """Start fetching `url` into `folder`, named as the server names it; its job id."""
+        request = pb.CreateDownloadJobRequest(
+            single_source=url, dest_dir=str(folder), access_token=access_token or ""
+        )
+        return (await self._call(self._stub.CreateDownloadJob, request)).job.id
 
-    async def _follow(
-        self, job: pb.DownloadJob, on_progress: Callable[[DownloadProgress], None]
-    ) -> pb.DownloadJob:
-        stream = self._stub.WatchDownloads(pb.WatchDownloadsRequest(job_ids=[job.id]))
+    async def start_files(
+        self, files: Sequence[RemoteFile], folder: Path, access_token: str | None
+    ) -> int:
+        """Start fetching `files` into `folder`, all or nothing; its job id."""
+        entries = [pb.MultiFileSourceFile(url=f.url, path=f.path, size=f.size) for f in files]
+        request = pb.CreateDownloadJobRequest(
+            multi_file=pb.MultiFileSource(files=entries),
+            dest_dir=str(folder),
+            access_token=access_token or "",
+        )
+        return (await self._call(self._stub.CreateDownloadJob, request)).job.id
+
+    async def follow(
+        self, job_id: int, on_progress: Callable[[DownloadProgress], None] | None = None
+    ) -> DownloadResult:
+        """Wait until download `job_id` has completed, reporting its progress, or raise why
+        it did not. Giving up the wait (cancelling it) leaves the download running."""
+        job = pb.DownloadJob(id=job_id)
+        stream = self._stub.WatchDownloads(pb.WatchDownloadsRequest(job_ids=[job_id]))
         try:
             async for response in stream:
                 event = response.event
                 if event.HasField("job_changed"):
                     job = event.job_changed.job
-                    on_progress(_progress(job))
+                    progress = _progress(job)
                 else:
-                    on_progress(_event_progress(job, event))
+                    progress = _event_progress(job, event.progress)
+                if on_progress is not None:
+                    on_progress(progress)
         except grpc.aio.AioRpcError as error:
             raise _rpc_failure(error) from None
-        return job
+        if job.status == pb.DOWNLOAD_JOB_STATUS_CANCELLED:
+            raise DownloadCancelledError(
+                f"download job {job_id} was cancelled in the downloader",
+                metadata={"download_job_id": str(job_id)},
+            )
+        if job.status != pb.DOWNLOAD_JOB_STATUS_COMPLETED:
+            raise _download_error(job)
+        return DownloadResult(job_id, _progress(job).files)
 
-    async def _cancel(self, job_id: int) -> None:
-        with contextlib.suppress(grpc.aio.AioRpcError):  # finished or gone: nothing to stop
-            await self._stub.CancelDownloadJob(pb.CancelDownloadJobRequest(id=job_id))
+    async def cancel(self, job_id: int) -> None:
+        """Stop a download and remove its partial files; one already finished or gone is
+        left as it is."""
+        with contextlib.suppress(errors.FailedPreconditionError, errors.NotFoundError):
+            await self._call(self._stub.CancelDownloadJob, pb.CancelDownloadJobRequest(id=job_id))
+
+    async def find_active(self, folder: Path) -> int | None:
+        """The unfinished download writing into `folder` or below, if there is one: it finds
+        a download started just before this process stopped, before its id was saved."""
+        request = pb.ListDownloadJobsRequest(statuses=_ACTIVE, page_size=1000)
+        while True:
+            page = await self._call(self._stub.ListDownloadJobs, request)
+            for job in page.jobs:
+                if job.dest_dir and Path(job.dest_dir).is_relative_to(folder):
+                    return job.id
+            if not page.next_page_token:
+                return None
+            request.page_token = page.next_page_token
+
+    async def wait_reachable(self, timeout_s: float) -> None:
+        """Wait until the downloader accepts connections (it may be starting beside this
+        process), at most `timeout_s` seconds; DOWNLOADER_UNAVAILABLE after that."""
+        try:
+            await asyncio.wait_for(self._channel.channel_ready(), timeout_s)
+        except TimeoutError:
+            raise _unavailable(f"no connection within {timeout_s:g} s") from None
 
     async def _call(self, method, request):
         try:
@@ -101,37 +176,47 @@ class DownloaderClient:
             raise _rpc_failure(error) from None
 
 
+def _unavailable(details: str) -> errors.UnavailableError:
+    return errors.UnavailableError(
+        f"the downloader service cannot be reached: {details}", reason="DOWNLOADER_UNAVAILABLE"
+    )
+
+
 def _rpc_failure(error: grpc.aio.AioRpcError) -> errors.EaselError:
     if error.code() == grpc.StatusCode.UNAVAILABLE:
-        return errors.UnavailableError(
-            f"the downloader service cannot be reached: {error.details()}",
-            reason="DOWNLOADER_UNAVAILABLE",
-        )
-    return from_rpc_error(error)
+        return _unavailable(error.details() or "UNAVAILABLE")
+    failure = from_rpc_error(error)
+    if failure.reason == DownloadGoneError.default_reason:
+        return DownloadGoneError(failure.message, metadata=failure.metadata)
+    return failure
 
 
 def _progress(job: pb.DownloadJob) -> DownloadProgress:
     if job.parts:
-        parts = tuple((p.source, p.destination, p.bytes, p.total_bytes) for p in job.parts)
+        files = tuple(
+            FileProgress(p.source, Path(p.destination), p.bytes, p.total_bytes) for p in job.parts
+        )
     else:
-        parts = ((job.source, job.destination, job.bytes, job.total_bytes),)
-    return DownloadProgress(job.id, job.bytes, job.total_bytes, parts)
+        destination = Path(job.destination) if job.destination else None
+        files = (FileProgress(job.source, destination, job.bytes, job.total_bytes),)
+    return DownloadProgress(job.id, job.bytes, job.total_bytes, files)
 
 
-def _event_progress(job: pb.DownloadJob, event: pb.DownloadEvent) -> DownloadProgress:
-    progress = event.progress
-    known = _progress(job).parts
-    parts = tuple(
-        (source, path, part.bytes, part.total_bytes)
-        for (source, path, _, _), part in zip(known, progress.parts, strict=False)
-    ) or ((job.source, job.destination, progress.bytes, progress.total_bytes),)
-    return DownloadProgress(job.id, progress.bytes, progress.total_bytes, parts)
+def _event_progress(job: pb.DownloadJob, progress: pb.DownloadProgress) -> DownloadProgress:
+    known = _progress(job).files
+    if progress.parts:
+        files = tuple(
+            FileProgress(file.source, file.path, part.bytes, part.total_bytes)
+            for file, part in zip(known, progress.parts, strict=False)
+        )
+    else:
+        file = known[0]
+        files = (FileProgress(file.source, file.path, progress.bytes, progress.total_bytes),)
+    return DownloadProgress(job.id, progress.bytes, progress.total_bytes, files)
 
 
-def _download_error(job: pb.DownloadJob, request: pb.CreateDownloadJobRequest) -> Exception:
-    source = request.single_source or (
-        request.multi_file.files[0].url if request.multi_file.files else ""
-    )
+def _download_error(job: pb.DownloadJob) -> errors.EaselError:
+    source = job.source or (job.parts[0].source if job.parts else "")
     metadata = {"source": source, "download_job_id": str(job.id)}
     status = job.error_type.removeprefix("HTTP_") if job.error_type.startswith("HTTP_") else ""
     if status == "404":

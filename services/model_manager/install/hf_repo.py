@@ -20,7 +20,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import quote
 
@@ -37,6 +37,7 @@ from huggingface_hub.utils import (
 )
 
 from services.common import errors
+from services.model_manager.install.downloader_client import RemoteFile
 from services.model_manager.records.metadata import ModelMetadata, metadata_from_api_response
 from services.model_manager.records.taxonomy import ModelRepoVariant
 
@@ -92,6 +93,18 @@ class RepoSelection:
     files: list[RepoFile]
     model_dir_name: str
     is_folder: bool
+
+    def download_files(self) -> list[RemoteFile]:
+        """The files as the downloader fetches them into `download_folder`."""
+        return [RemoteFile(f.url, f.local_path, f.size) for f in self.files]
+
+    def download_folder(self, into: Path) -> Path:
+        """Where the files go when the model is to appear in `into`."""
+        return into / self.model_dir_name if self.is_folder else into
+
+    def model_path(self, into: Path) -> Path:
+        """The model's folder or file once its files are in `download_folder(into)`."""
+        return into / self.model_dir_name
 
 
 class HuggingFaceRepo:

@@ -57,6 +57,13 @@ class InstallJob(BaseModel):
     error: str = ""
     create_time: datetime = Field(default_factory=lambda: datetime.now(UTC))
     end_time: datetime | None = None
+    # Kept for a restart, not shown to callers:
+    repo_metadata: dict[str, Any] = Field(default_factory=dict)
+    """Record fields read from a repo before its download (tags, source_api_response),
+    so a job taken up again after a restart still writes them."""
+    destination: Path | None = None
+    """Where placing puts the model inside models_dir, saved before anything is moved
+    there, so a restart can remove a half-placed model."""
 
 
 class InstallEventKind(StrEnum):

@@ -18,6 +18,10 @@ from services.model_manager.records.taxonomy import ModelRepoVariant
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
+SERVER_VARIANT = ModelRepoVariant.FP16
+"""The variant of a repo source that names none. The model manager has no full-precision
+mode, so half precision; a folder without fp16 files gives its unlabelled ones."""
+
 
 class LocalModelSource(BaseModel):
     """A file or folder on this machine; `inplace` registers it where it is."""
@@ -49,6 +53,10 @@ class HuggingFaceModelSource(BaseModel):
     variant: ModelRepoVariant | None = None
     subfolder: str = ""
     access_token: SecretStr | None = None
+
+    def resolved(self) -> HuggingFaceModelSource:
+        """This source with the variant the server takes when it names none."""
+        return self if self.variant else self.model_copy(update={"variant": SERVER_VARIANT})
 
     def __str__(self) -> str:
         variant = self.variant.value if self.variant else ""

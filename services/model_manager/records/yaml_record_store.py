@@ -2,13 +2,19 @@
 people read, edit or keep under version control.
 
 The file maps each key to its record, after a `__metadata__` entry holding the schema
-version. The store keeps every record in memory (it must be the file's only writer) and
-rewrites the whole file on each change: into a temporary file beside it, flushed to disk,
-then renamed over it, so a crash leaves the old file or the new one, never a mix.
+version. The store keeps every record in memory and rewrites the whole file on each change:
+into a temporary file beside it, flushed to disk, then renamed over it, so a crash leaves
+the old file or the new one, never a mix.
+
+Keeping records in memory needs the store to be the file's only writer, so it holds an
+exclusive `flock` on the file from open to close; a second store on the same file, in this
+process or another, is refused (RECORD_STORE_LOCKED). Each new file is locked before it is
+renamed into place, so the file the path names is locked at every moment.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import tempfile
 from pathlib import Path
@@ -16,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from services.common.errors import FailedPreconditionError
 from services.model_manager.records.configs import AnyModelConfig
 from services.model_manager.records.record_store import (
     EVERY_MODEL,
@@ -29,6 +36,7 @@ from services.model_manager.records.record_store import (
 )
 
 METADATA = "__metadata__"
+RECORD_STORE_LOCKED = "RECORD_STORE_LOCKED"
 LEADING_FIELDS = ("name", "type", "format", "base", "path")
 """Written first in each record, for the people who read the file."""
 
@@ -43,7 +51,12 @@ class YamlModelRecordStore(ModelRecordStore):
 
     def __init__(self, path: Path) -> None:
         super().__init__(path)
-        self._records = self._load()
+        self._held: int | None = self._claim()
+        try:
+            self._records = self._load()
+        except BaseException:
+            self.close()
+            raise
 
     @property
     def schema_version(self) -> str:
@@ -72,7 +85,39 @@ class YamlModelRecordStore(ModelRecordStore):
             return sum(1 for config in self._records.values() if query.matches(config))
 
     def close(self) -> None:
-        """Nothing to release: every change is on disk when its call returns."""
+        """Release the file for another store; every change is on disk already."""
+        with self._lock:
+            if self._held is not None:
+                os.close(self._held)
+                self._held = None
+
+    def _claim(self) -> int:
+        """A descriptor of the file that holds its exclusive lock (the file is created empty
+        when missing). A file replaced between opening and locking is opened again, so the
+        lock is always on the file the path names."""
+        self.location.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            try:
+                handle = os.open(self.location, os.O_RDONLY | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise refuse(self.location, f"cannot open it ({exc})") from None
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(handle)
+                raise FailedPreconditionError(
+                    f"{self.location} is in use by another model record store: a YAML store "
+                    "has one writer, so run one model manager on it",
+                    reason=RECORD_STORE_LOCKED,
+                    metadata={"path": str(self.location)},
+                ) from None
+            try:
+                current = os.path.samestat(os.fstat(handle), os.stat(self.location))
+            except FileNotFoundError:
+                current = False
+            if current:
+                return handle
+            os.close(handle)
 
     def _insert(self, config: AnyModelConfig) -> None:
         self._commit({**self._records, config.key: config})
@@ -100,14 +145,19 @@ class YamlModelRecordStore(ModelRecordStore):
             dir=self.location.parent, prefix=f".{self.location.name}.", suffix=".tmp"
         )
         try:
-            with os.fdopen(handle, "w", encoding="utf-8") as out:
+            fcntl.flock(handle, fcntl.LOCK_EX)  # a new file: no one else holds it
+            with os.fdopen(handle, "w", encoding="utf-8", closefd=False) as out:
                 yaml.dump(document, out, Dumper=_Dumper, sort_keys=False, allow_unicode=True)
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(temporary, self.location)
         except BaseException:
+            os.close(handle)
             Path(temporary).unlink(missing_ok=True)
             raise
+        previous, self._held = self._held, handle
+        if previous is not None:
+            os.close(previous)
 
     def _load(self) -> dict[str, AnyModelConfig]:
         """The file's records, migrated and validated; an empty or missing file starts empty."""
