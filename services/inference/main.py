@@ -1,12 +1,19 @@
 """Entry point of the inference process (`easel-inference`).
 
 The only process that imports torch. It starts serving at once (health NOT_SERVING) and
-imports torch in a worker thread; it reports SERVING when torch is ready.
+imports torch in a worker thread; it reports SERVING when torch is ready and the model
+load service (loader registry, model cache) is built. Until then RPCs that need them are
+UNAVAILABLE (STARTING).
+
+Shared parts, for the services built here: `events` (the process's event bus: model
+loads publish on it, WatchInferenceEvents subscribes to it) and `model_loads` (load a
+model by key into the cache, lock it for work).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from collections.abc import Sequence
 from functools import partial
@@ -20,6 +27,11 @@ from easel.inference.v1 import (
     tensor_store_service_pb2_grpc,
 )
 from services.common.server import ServiceServer, Step, run_process
+from services.inference.events import InferenceEvents
+from services.inference.model_cache_servicer import ModelCacheServicer
+from services.inference.model_loads import ModelLoadService, build_model_loads
+from services.inference.model_records_client import ModelRecordsClient
+from services.inference.pending import Pending
 from services.inference.settings import InferenceSettings
 from services.inference.torch_runtime import start_torch
 
@@ -27,19 +39,33 @@ DOMAIN = "easel.inference.v1"
 
 
 async def build(server: ServiceServer, settings: InferenceSettings) -> Step:
-    server.add_service(model_cache_service_pb2, model_cache_service_pb2_grpc, "ModelCacheService")
+    events = InferenceEvents()
+    records = ModelRecordsClient(settings)
+    model_loads: Pending[ModelLoadService] = Pending("the model cache")
+    server.add_service(
+        model_cache_service_pb2,
+        model_cache_service_pb2_grpc,
+        "ModelCacheService",
+        ModelCacheServicer(model_loads),
+    )
     server.add_service(generation_service_pb2, generation_service_pb2_grpc, "GenerationService")
     server.add_service(
         tensor_store_service_pb2, tensor_store_service_pb2_grpc, "TensorStoreService"
     )
+    server.on_shutdown(records.close)
 
     async def become_ready() -> None:
-        await asyncio.to_thread(start_torch, settings)
+        runtime = await asyncio.to_thread(start_torch, settings)
+        model_loads.set(
+            await asyncio.to_thread(build_model_loads, settings, runtime, records, events)
+        )
 
     return become_ready
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    # Models load from local files only: no library may reach out to the Hub.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args = sys.argv[1:] if argv is None else argv
     settings = InferenceSettings.load(args, prog="easel-inference")
     run_process(

@@ -17,6 +17,15 @@ class DeviceChoice(StrEnum):
     CUDA = "cuda"
 
 
+class PrecisionChoice(StrEnum):
+    """The data type model weights are loaded as."""
+
+    AUTO = "auto"  # float16 on CUDA, float32 on the CPU
+    FP32 = "fp32"
+    FP16 = "fp16"
+    BF16 = "bf16"
+
+
 class InferenceSettings(CommonSettings):
     """What the inference process reads on top of the common settings."""
 
@@ -26,3 +35,27 @@ class InferenceSettings(CommonSettings):
     torch_threads: int | None = Field(default=None, ge=1)
     """Threads torch may use for CPU work; torch's own default (all cores) when unset.
     On small machines the other processes need some cores too: pin it there."""
+
+    precision: PrecisionChoice = PrecisionChoice.AUTO
+    """Data type of loaded weights: auto (fp16 on CUDA, fp32 on the CPU, where half
+    precision is slow and poorly supported), fp32, fp16 or bf16."""
+
+    model_cache_ram_bytes: int | None = Field(default=None, ge=0)
+    """Most bytes of model weights the model cache holds; least recently used unlocked
+    models are evicted beyond it. Unset: half of the machine's physical memory."""
+
+    model_cache_vram_bytes: int | None = Field(default=None, ge=0)
+    """Most bytes of weights of unlocked models kept resident on a CUDA device after use
+    (locked models are always resident); least recently used ones move back to RAM beyond
+    it. Unset: half of the device's memory (the rest is for activations). Ignored on CPU."""
+
+    tensor_store_bytes: int = Field(default=1024 * 1024 * 1024, ge=1024 * 1024)
+    """Most bytes of intermediate tensors (latents, conditioning, noise) kept in memory;
+    least recently used ones that no queued or running generation takes spill to
+    `<root>/tensors/` beyond it and are read back on use. A single tensor larger than
+    this is refused."""
+
+    convert_cache_bytes: int = Field(default=10 * 1024**3, ge=0)
+    """Size limit of models/.cache/convert, where single-file main checkpoints are
+    converted once into diffusers folders (least recently used evicted beyond it; a model
+    too big for it loads from its file each time)."""

@@ -1,0 +1,1 @@
+"""The tensor store: named intermediate tensors of the building-block operations."""
