@@ -59,6 +59,21 @@ async def test_sync_reports_found_models_and_skips_hidden_folders(
     ]
 
 
+async def test_concurrent_syncs_register_each_found_model_once(
+    suite: Suite, model_zoo: ModelZoo
+):
+    for index in range(6):
+        drop(model_zoo.sd1_lora, suite.models_dir / "sd-1" / "lora" / f"found-{index}.safetensors")
+    request = pb.SyncModelsRequest(register_new=True)
+    reports = await asyncio.gather(
+        *(suite.call(suite.install, "SyncModels", request) for _ in range(4))
+    )
+    assert [list(report.failed) for report in reports] == [[]] * 4
+    registered = sorted(f.model.path for report in reports for f in report.found if f.registered)
+    assert registered == [f"sd-1/lora/found-{index}.safetensors" for index in range(6)]
+    assert len(await suite.models()) == 6
+
+
 def test_the_start_up_report_lists_found_models(run_service, easel_env, model_zoo: ModelZoo):
     models_dir = Path(easel_env["EASEL_ROOT"]) / "models"
     drop(model_zoo.sd1_lora, models_dir / "sd-1" / "lora" / "dropped.safetensors")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
+import threading
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -124,6 +125,7 @@ class ModelInstaller:
         self._job_store = job_store
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._placing = asyncio.Lock()
+        self._syncing = threading.Lock()
         self._stopping = False
 
     async def resume(self) -> None:
@@ -225,7 +227,12 @@ class ModelInstaller:
     def sync(self, remove_missing: bool, dry_run: bool, register_new: bool) -> SyncReport:
         """Reconcile the records with the files: report (and maybe remove) records whose
         files vanished; find (and maybe register) models in models_dir without a record.
-        Hidden files and folders (`.cache`, `.trash`, ...) are never models to find."""
+        Hidden files and folders (`.cache`, `.trash`, ...) are never models to find.
+        Syncs run one at a time, so two never race to register the same model."""
+        with self._syncing:
+            return self._sync(remove_missing, dry_run, register_new)
+
+    def _sync(self, remove_missing: bool, dry_run: bool, register_new: bool) -> SyncReport:
         report = SyncReport()
         registered: set[Path] = set()
         for config in self._store.search():
