@@ -41,8 +41,8 @@ class AddressGuard:
         self._allowed_networks = tuple(allowed_networks)
 
     def allows(self, address: IPv4Address | IPv6Address) -> bool:
-        if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
+        if isinstance(address, IPv6Address):
+            address = embedded_ipv4(address) or address
         if any(address in network for network in self._allowed_networks):
             return True
         return address.is_global and not address.is_multicast
@@ -77,6 +77,33 @@ class GuardedResolver(AbstractResolver):
 
     async def close(self) -> None:
         await self._resolver.close()
+
+
+# IPv6 prefixes whose addresses carry an IPv4 address in their last 32 bits: NAT64 (the
+# well-known and the local-use prefix) and the deprecated IPv4-compatible form. A NAT64
+# gateway or a dual stack host can route them to the IPv4 address inside.
+_IPV4_IN_LAST_32_BITS = (
+    IPv6Network("64:ff9b::/96"),
+    IPv6Network("64:ff9b:1::/48"),
+    IPv6Network("::/96"),
+)
+
+
+def embedded_ipv4(address: IPv6Address) -> IPv4Address | None:
+    """The IPv4 address an IPv6 address stands for (mapped, 6to4, NAT64, compatible), if any.
+
+    Python calls most of these forms global whatever IPv4 address they carry, so the guard
+    judges the IPv4 address inside instead.
+    """
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if address.is_loopback or address.is_unspecified:  # ::1 and :: are no IPv4 address
+        return None
+    if any(address in prefix for prefix in _IPV4_IN_LAST_32_BITS):
+        return IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
 
 
 def numeric_ipv4(host: str) -> IPv4Address | None:

@@ -94,6 +94,12 @@ def test_the_guard_refuses_internal_addresses_unless_allowed():
         guard.check_literal("[::1]")
     guard.check_literal("example.com")  # names are checked when resolved
 
+    for carrying_loopback in ("::7f00:1", "64:ff9b::7f00:1", "64:ff9b:1::7f00:1", "2002:7f00:1::"):
+        assert not guard.allows(ip_address(carrying_loopback)), carrying_loopback
+    assert not guard.allows(ip_address("64:ff9b::a9fe:a9fe"))  # NAT64 metadata endpoint
+    assert guard.allows(ip_address("64:ff9b::5db8:d822"))  # NAT64 of a public address
+    assert guard.allows(ip_address("2002:5db8:d822::1"))  # 6to4 of a public address
+
     loopback_allowed = AddressGuard([ip_network("127.0.0.0/8")])
     assert loopback_allowed.allows(ip_address("127.0.0.5"))
     assert not loopback_allowed.allows(ip_address("10.0.0.1"))
