@@ -1,4 +1,5 @@
-"""The SDK is a client only: importing it starts nothing and loads no server code."""
+"""The SDK is a client only: importing it starts nothing and loads no server code; a failed
+call, streams included, raises the domain error its status stands for."""
 
 from __future__ import annotations
 
@@ -6,7 +7,13 @@ import json
 import subprocess
 import sys
 
-from tests.processes import REPO
+import pytest
+
+from clients.sdk import EaselClient
+from easel.downloader.v1 import download_service_pb2 as downloads
+from easel.model_manager.v1 import model_install_service_pb2 as installs
+from services.common import errors
+from tests.processes import REPO, client_settings, wait_serving
 
 PROBE = """
 import json, sys, threading
@@ -35,3 +42,20 @@ def test_importing_the_sdk_loads_no_server_code_and_starts_nothing():
     assert ours == SHARED_MODULES
     assert not {"structlog", "aiohttp", "torch"} & set(loaded["modules"])
     assert loaded["threads"] == 1
+
+
+def test_a_failing_sdk_stream_raises_the_domain_error(run_service, easel_env):
+    wait_serving(run_service("downloader"))
+    wait_serving(run_service("model_manager"))
+    with EaselClient(client_settings(easel_env)) as client:
+        stream = client.downloads.WatchDownloads(downloads.WatchDownloadsRequest(job_ids=[41]))
+        with pytest.raises(errors.NotFoundError) as missing:
+            next(stream)
+        assert missing.value.reason == "DOWNLOAD_JOB_NOT_FOUND"
+
+        stream = client.model_install.WatchInstallJobs(
+            installs.WatchInstallJobsRequest(job_ids=[0])
+        )
+        with pytest.raises(errors.InvalidArgumentError) as invalid:
+            list(stream)
+        assert [violation.field for violation in invalid.value.violations] == ["job_ids"]
