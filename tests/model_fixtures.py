@@ -49,6 +49,8 @@ SDXL_VAE_SCALING = 0.13025
 IMAGE_ENCODER_ID = "InvokeAI/ip_adapter_sd_image_encoder"
 SDXL_IMAGE_ENCODER_ID = "InvokeAI/ip_adapter_sdxl_image_encoder"
 _BLOCKS = (32, 64)
+# Four levels, so the VAE scales by 8 like every real SD-family VAE (64x64 -> 8x8 latents).
+_VAE_BLOCKS = (32, 32, 64, 64)
 _MERGES = ["t h", "th e</w>", "a n", "an d</w>", "c a", "ca t</w>", "p h", "ph o"]
 _BOS, _EOS = "<|startoftext|>", "<|endoftext|>"
 
@@ -153,11 +155,11 @@ def _vae(scaling_factor: float) -> AutoencoderKL:
     return AutoencoderKL(
         in_channels=3,
         out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        block_out_channels=_BLOCKS,
+        down_block_types=("DownEncoderBlock2D",) * len(_VAE_BLOCKS),
+        up_block_types=("UpDecoderBlock2D",) * len(_VAE_BLOCKS),
+        block_out_channels=_VAE_BLOCKS,
         latent_channels=4,
-        sample_size=32,
+        sample_size=64,
         scaling_factor=scaling_factor,
     )
 

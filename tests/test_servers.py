@@ -16,7 +16,6 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 
 from clients.sdk import EaselClient
 from easel.downloader.v1 import download_service_pb2
-from easel.inference.v1 import generation_service_pb2
 from easel.invoker.v1 import session_service_pb2
 from easel.model_manager.v1 import model_record_service_pb2
 from services.common import errors
@@ -41,13 +40,11 @@ SERVICES = {
     ],
 }
 TORCH_FREE = ["downloader", "model_manager", "invoker"]
-NOT_IMPLEMENTED_YET = ["inference", "invoker"]
+NOT_IMPLEMENTED_YET = ["invoker"]
 
 
 def unimplemented_call(client: EaselClient, name: str):
     """One RPC of the service `name` that a later release implements."""
-    if name == "inference":
-        return client.generation.GetGeneration(generation_service_pb2.GetGenerationRequest(id="g"))
     return client.sessions.GetSession(session_service_pb2.GetSessionRequest(session_id="s"))
 
 

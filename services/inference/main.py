@@ -6,8 +6,9 @@ load service (loader registry, model cache) is built. Until then RPCs that need 
 UNAVAILABLE (STARTING).
 
 Shared parts, for the services built here: `events` (the process's event bus: model
-loads publish on it, WatchInferenceEvents subscribes to it) and `model_loads` (load a
-model by key into the cache, lock it for work).
+loads and generations publish on it, WatchInferenceEvents subscribes to it),
+`model_loads` (load a model by key into the cache, lock it for work), the tensor store
+and the generations (the queue GenerationService runs its work through).
 """
 
 from __future__ import annotations
@@ -28,11 +29,15 @@ from easel.inference.v1 import (
 )
 from services.common.server import ServiceServer, Step, run_process
 from services.inference.events import InferenceEvents
+from services.inference.generation_servicer import GenerationServicer
+from services.inference.generations import Generations
 from services.inference.model_cache_servicer import ModelCacheServicer
 from services.inference.model_loads import ModelLoadService, build_model_loads
 from services.inference.model_records_client import ModelRecordsClient
 from services.inference.pending import Pending
 from services.inference.settings import InferenceSettings
+from services.inference.tensor_store_servicer import TensorStoreServicer
+from services.inference.tensors.store import TensorStore
 from services.inference.torch_runtime import start_torch
 
 DOMAIN = "easel.inference.v1"
@@ -48,17 +53,50 @@ async def build(server: ServiceServer, settings: InferenceSettings) -> Step:
         "ModelCacheService",
         ModelCacheServicer(model_loads),
     )
-    server.add_service(generation_service_pb2, generation_service_pb2_grpc, "GenerationService")
+    tensors: Pending[TensorStore] = Pending("the tensor store")
+    generations: Pending[Generations] = Pending("the generation queue")
     server.add_service(
-        tensor_store_service_pb2, tensor_store_service_pb2_grpc, "TensorStoreService"
+        generation_service_pb2,
+        generation_service_pb2_grpc,
+        "GenerationService",
+        GenerationServicer(generations),
+    )
+    server.add_service(
+        tensor_store_service_pb2,
+        tensor_store_service_pb2_grpc,
+        "TensorStoreService",
+        TensorStoreServicer(tensors),
     )
     server.on_shutdown(records.close)
 
+    async def stop_generations() -> None:
+        started = generations.peek()
+        if started is not None:
+            await started.close()
+
+    async def close_tensors() -> None:
+        store = tensors.peek()
+        if store is not None:
+            store.close()
+
+    server.on_stopping(stop_generations)
+    server.on_shutdown(close_tensors)
+
     async def become_ready() -> None:
         runtime = await asyncio.to_thread(start_torch, settings)
-        model_loads.set(
-            await asyncio.to_thread(build_model_loads, settings, runtime, records, events)
+        loads = await asyncio.to_thread(build_model_loads, settings, runtime, records, events)
+        model_loads.set(loads)
+        store = await asyncio.to_thread(TensorStore, settings.root, settings.tensor_store_bytes)
+        tensors.set(store)
+        queue = Generations(
+            loads,
+            store,
+            events,
+            keep_count=settings.generation_keep_count,
+            keep_age_s=settings.generation_keep_s,
         )
+        queue.start()
+        generations.set(queue)
 
     return become_ready
 

@@ -59,7 +59,7 @@ def cached_to_pb(entry: CacheEntry) -> pb.CachedModel:
         device=entry.device,
         precision=_precision(entry),
         locked=entry.locks > 0,
-        last_used_time=_timestamp(entry.last_used),
+        last_used_time=timestamp(entry.last_used),
     )
 
 
@@ -80,7 +80,7 @@ def stats_to_pb(stats: CacheStats) -> pb.CacheStats:
 
 def model_load_event_to_pb(event: ModelLoadEvent, dropped: int = 0) -> events_pb.InferenceEvent:
     """A model-load event in the InferenceEvent envelope of WatchInferenceEvents."""
-    message = _envelope(event.context, event.time, dropped)
+    message = event_envelope(event.context, event.time, dropped)
     if isinstance(event, ModelLoadStarted):
         message.model_load_started.CopyFrom(events_pb.ModelLoadStarted(**_load_fields(event.load)))
     elif isinstance(event, ModelLoadCompleted):
@@ -105,9 +105,10 @@ def model_load_event_to_pb(event: ModelLoadEvent, dropped: int = 0) -> events_pb
     return message
 
 
-def _envelope(context: EventContext, time: float, dropped: int) -> events_pb.InferenceEvent:
+def event_envelope(context: EventContext, time: float, dropped: int) -> events_pb.InferenceEvent:
+    """The InferenceEvent every event of WatchInferenceEvents travels in, payload unset."""
     return events_pb.InferenceEvent(
-        time=_timestamp(time),
+        time=timestamp(time),
         generation_id=context.generation_id,
         session_id=context.session_id,
         invocation_id=context.invocation_id,
@@ -136,7 +137,7 @@ def _duration(seconds: float) -> duration_pb2.Duration:
     return duration
 
 
-def _timestamp(seconds: float) -> timestamp_pb2.Timestamp:
+def timestamp(seconds: float) -> timestamp_pb2.Timestamp:
     stamp = timestamp_pb2.Timestamp()
     stamp.FromNanoseconds(round(seconds * 1e9))
     return stamp

@@ -23,6 +23,10 @@ class Pending(Generic[T]):
     def set(self, value: T) -> None:
         self._value = value
 
+    def peek(self) -> T | None:
+        """The value, or None while start-up has not made it (for shutdown hooks)."""
+        return self._value
+
     def get(self) -> T:
         if self._value is None:
             raise UnavailableError(

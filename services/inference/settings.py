@@ -59,3 +59,12 @@ class InferenceSettings(CommonSettings):
     """Size limit of models/.cache/convert, where single-file main checkpoints are
     converted once into diffusers folders (least recently used evicted beyond it; a model
     too big for it loads from its file each time)."""
+
+    generation_keep_count: int = Field(default=100, ge=0)
+    """Most finished generations kept for GetGeneration, ListGenerations and
+    WaitGeneration; beyond it the oldest are forgotten (their ids then give NOT_FOUND).
+    A kept image result keeps its PNG bytes in memory, which this bounds. Tensors they
+    produced stay in the tensor store."""
+
+    generation_keep_s: float = Field(default=3600.0, ge=0)
+    """Seconds a finished generation is kept after it ended, then forgotten."""

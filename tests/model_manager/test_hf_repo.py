@@ -192,20 +192,27 @@ async def test_a_single_file_is_taken_as_named(repo):
     assert (selection.model_dir_name, selection.is_folder) == ("style.safetensors", False)
 
 
-async def test_every_shard_and_its_index_are_kept(repo):
+async def test_every_shard_and_its_index_are_kept(repo, hub_root: Path):
+    folder = hub_root / "org" / "sharded-vae"
+
+    def shards(pattern: str) -> list[str]:
+        return sorted(path.name for path in folder.glob(pattern))
+
+    default_shards = shards("diffusion_pytorch_model-*-of-*.safetensors")
+    fp16_shards = shards("diffusion_pytorch_model.fp16-*-of-*.safetensors")
+    assert len(default_shards) > 1
+    assert len(fp16_shards) > 1
+
     default = await repo.select_files("org/sharded-vae", None, None, None)
     assert _paths(default) == [
         "config.json",
-        "diffusion_pytorch_model-00001-of-00003.safetensors",
-        "diffusion_pytorch_model-00002-of-00003.safetensors",
-        "diffusion_pytorch_model-00003-of-00003.safetensors",
+        *default_shards,
         "diffusion_pytorch_model.safetensors.index.json",
     ]
     fp16 = await repo.select_files("org/sharded-vae", ModelRepoVariant.FP16, None, None)
     assert _paths(fp16) == [
         "config.json",
-        "diffusion_pytorch_model.fp16-00001-of-00002.safetensors",
-        "diffusion_pytorch_model.fp16-00002-of-00002.safetensors",
+        *fp16_shards,
         "diffusion_pytorch_model.safetensors.index.fp16.json",
     ]
 

@@ -59,9 +59,7 @@ async def test_sync_reports_found_models_and_skips_hidden_folders(
     ]
 
 
-async def test_concurrent_syncs_register_each_found_model_once(
-    suite: Suite, model_zoo: ModelZoo
-):
+async def test_concurrent_syncs_register_each_found_model_once(suite: Suite, model_zoo: ModelZoo):
     for index in range(6):
         drop(model_zoo.sd1_lora, suite.models_dir / "sd-1" / "lora" / f"found-{index}.safetensors")
     request = pb.SyncModelsRequest(register_new=True)

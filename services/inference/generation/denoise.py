@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 
 from services.common.errors import InvalidArgumentError, OperationCancelledError
+from services.inference.events import NO_CONTEXT, EventContext
 from services.inference.generation.conditioning import Conditioning
 from services.inference.generation.noise import Noise
 from services.inference.generation.preview import latents_to_preview
@@ -43,11 +44,13 @@ class Progress:
 
 @dataclass(frozen=True)
 class StepHooks:
-    """What the caller hears and says while a denoise runs."""
+    """What the caller hears and says while a denoise runs, and whom the work is for
+    (`context`: model loads and stored tensors of the work carry it; the loop ignores it)."""
 
     on_progress: Callable[[Progress], None] | None = None
     want_preview: bool = False
     should_cancel: Callable[[], bool] | None = None
+    context: EventContext = NO_CONTEXT
 
 
 class DenoiseCancelled(OperationCancelledError):

@@ -227,6 +227,7 @@ class GenerationQueue:
             on_progress=on_progress,
             want_preview=job.preview,
             should_cancel=lambda: job.cancel_requested,
+            context=context,
         )
 
     # --- inside -------------------------------------------------------------------------

@@ -2,13 +2,18 @@
 
 A checkpoint holds weights but not the architecture: that comes from a diffusers
 configuration folder. Easel ships one per base (`configs/<base>/`: model_index.json and
-each part's config, no weights), so nothing is fetched from the Hub. It ships no CLIP
-tokenizer vocabulary: a tokenizer part of a checkpoint needs a configuration folder whose
-tokenizers have their vocab.json and merges.txt; a record's
+each part's config, no weights), so nothing is fetched from the Hub; a record's
 `config_path` (absolute, or relative to the root) may name another: a diffusers
 configuration folder, or an original-layout YAML file for the UNet and VAE. What the
 checkpoint itself says wins where it can: the UNet's input channels (inpaint, depth), a
 standalone VAE's block layout, the record's prediction type and attention upcast.
+
+A tokenizer loads from its configuration folder when that has its vocabulary; otherwise
+(the shipped configurations) it is CLIP's, built from the vocabulary Easel ships, provided
+the checkpoint's text encoder embeds CLIP's 49408 tokens: any other count needs a
+`config_path` whose tokenizer matches it (MODEL_FILES_MISSING until then). Tokenizers are
+built at each load, never through the convert cache: they are cheap, and which one a
+checkpoint gets follows its record's configuration.
 
 A main checkpoint is converted once into a diffusers folder in the convert cache and
 loaded from there (see `convert_cache` for why and how); without a convert cache, or when
@@ -32,18 +37,24 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.loaders.single_file_utils import create_diffusers_clip_model_from_ldm
 
+from services.common.errors import FailedPreconditionError
+from services.inference.loading.clip_tokenizer import VOCAB_SIZE, clip_tokenizer
 from services.inference.loading.diffusers_folders import (
     DiffusersMainLoader,
     component_class,
+    has_vocabulary,
     load_weightless,
     pipeline_components,
     read_scheduler_config,
 )
 from services.inference.loading.registry import Loaded, LoadOptions, ModelLoader, register
 from services.inference.loading.weights import (
+    FILES_MISSING,
+    SAFETENSORS,
     estimated_bytes,
     files_missing,
     read_state_dict,
+    safetensors_header,
     unreadable,
 )
 from services.inference.model_records import (
@@ -69,7 +80,14 @@ _TEXT_ENCODERS = {
     },
     BaseModelType.SDXL_REFINER: {SubModelType.TEXT_ENCODER_2: "conditioner.embedders.0."},
 }
-_WEIGHTLESS = (SubModelType.TOKENIZER, SubModelType.TOKENIZER_2, SubModelType.SCHEDULER)
+# The text encoder each tokenizer feeds.
+_TOKENIZERS = {
+    SubModelType.TOKENIZER: SubModelType.TEXT_ENCODER,
+    SubModelType.TOKENIZER_2: SubModelType.TEXT_ENCODER_2,
+}
+# The token embedding's key ends so in both layouts: CLIP's (`transformer.text_model.
+# embeddings.token_embedding.weight`) and OpenCLIP's (`model.token_embedding.weight`).
+_TOKEN_EMBEDDING = "token_embedding.weight"
 _VAE_BLOCK = re.compile(r"encoder\.down\.(\d+)\.block\.(\d+)\.conv1\.weight$")
 
 
@@ -129,7 +147,7 @@ class CheckpointMainLoader(ModelLoader):
 
     def load(self, record, submodel, options) -> Loaded:
         assert submodel is not None
-        if options.convert_cache is not None:
+        if options.convert_cache is not None and submodel not in _TOKENIZERS:
             folder = options.convert_cache.converted(
                 record,
                 record.path.stat().st_size,
@@ -141,7 +159,8 @@ class CheckpointMainLoader(ModelLoader):
         return self._load_part(record, submodel, options, options.dtype)
 
     def _convert(self, record: ModelRecord, dest: Path, options: LoadOptions) -> None:
-        """Write the checkpoint as a diffusers folder, each part in its stored dtype."""
+        """Write the checkpoint as a diffusers folder, each part in its stored dtype; the
+        tokenizers stay out of it (they are built at each load)."""
         configs = _Configs(record, options)
         shutil.copy(configs.folder / "model_index.json", dest / "model_index.json")
         for part in pipeline_components(configs.folder):
@@ -149,9 +168,7 @@ class CheckpointMainLoader(ModelLoader):
                 (dest / str(part)).mkdir()
                 config = self._load_part(record, part, options, None).model
                 (dest / str(part) / "scheduler_config.json").write_text(json.dumps(config))
-            elif part in _WEIGHTLESS:
-                shutil.copytree(configs.folder / str(part), dest / str(part))
-            else:
+            elif part not in _TOKENIZERS:
                 model = self._load_part(record, part, options, None).model
                 model.save_pretrained(dest / str(part), safe_serialization=True)
 
@@ -170,13 +187,8 @@ class CheckpointMainLoader(ModelLoader):
             if record.prediction_type is not None:
                 config["prediction_type"] = str(record.prediction_type)
             return Loaded(config, record.path)
-        if submodel in _WEIGHTLESS:
-            library, class_name = pipeline_components(folder)[submodel]
-            cls = component_class(library, class_name, folder)
-            part_folder = folder / str(submodel)
-            if not part_folder.is_dir():
-                raise files_missing(part_folder)
-            return Loaded(load_weightless(cls, part_folder), record.path)
+        if submodel in _TOKENIZERS:
+            return Loaded(self._tokenizer(record, submodel, folder), record.path)
         prefix = part_prefix(record.base, submodel)
         assert prefix is not None
         state_dict = read_state_dict(record.path, (prefix,))
@@ -191,6 +203,29 @@ class CheckpointMainLoader(ModelLoader):
                 record.path, f"its {submodel} does not match its config: {error}"
             ) from error
         return Loaded(model.eval(), record.path)
+
+    def _tokenizer(self, record: ModelRecord, submodel: SubModelType, folder: Path) -> Any:
+        """The configuration's own tokenizer where it has its vocabulary, else CLIP's when
+        the checkpoint's text encoder embeds exactly CLIP's tokens."""
+        part_folder = folder / str(submodel)
+        if not part_folder.is_dir():
+            raise files_missing(part_folder)
+        if has_vocabulary(part_folder):
+            library, class_name = pipeline_components(folder)[submodel]
+            return load_weightless(component_class(library, class_name, folder), part_folder)
+        encoder = _TOKENIZERS[submodel]
+        prefix = part_prefix(record.base, encoder)
+        rows = None if prefix is None else _token_embedding_rows(record.path, prefix)
+        if rows != VOCAB_SIZE:
+            found = f"no {encoder} weights" if rows is None else f"a {encoder} of {rows} tokens"
+            raise FailedPreconditionError(
+                f"no tokenizer for {record.path}: it has {found}, CLIP's vocabulary has "
+                f"{VOCAB_SIZE}; set the model's config_path to a diffusers folder of its base "
+                f"whose {submodel} has its vocabulary (vocab.json and merges.txt)",
+                reason=FILES_MISSING,
+                metadata={"path": str(record.path)},
+            )
+        return clip_tokenizer(part_folder)
 
     def _build(
         self,
@@ -228,6 +263,23 @@ class CheckpointMainLoader(ModelLoader):
             torch_dtype=dtype,
             local_files_only=True,
         )
+
+
+def _token_embedding_rows(path: Path, prefix: str) -> int | None:
+    """How many tokens the text encoder under `prefix` embeds (None: the file has none);
+    a safetensors file answers from its header, without reading a tensor."""
+    if not path.is_file():
+        raise files_missing(path)
+    if path.suffix == SAFETENSORS:
+        shapes = {key: entry["shape"] for key, entry in safetensors_header(path).items()}
+    else:
+        shapes = {
+            key: list(tensor.shape) for key, tensor in read_state_dict(path, (prefix,)).items()
+        }
+    for key, shape in shapes.items():
+        if key.startswith(prefix) and key.endswith(_TOKEN_EMBEDDING) and shape:
+            return shape[0]
+    return None
 
 
 @register(base=BaseModelType.SD_1, type=ModelType.VAE, format=ModelFormat.CHECKPOINT)

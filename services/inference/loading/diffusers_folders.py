@@ -89,18 +89,21 @@ def load_pretrained(cls: type, folder: Path, options: LoadOptions, variant: str 
     return model.eval()
 
 
+def has_vocabulary(folder: Path) -> bool:
+    """Whether a tokenizer folder has its vocabulary: tokenizer.json, or BPE's vocab.json
+    and merges.txt."""
+    return (folder / "tokenizer.json").is_file() or (
+        (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()
+    )
+
+
 def load_weightless(cls: type, folder: Path) -> Any:
     """A tokenizer from its folder. Without its vocabulary files transformers would build
     an empty tokenizer that turns every prompt into unknown tokens: that is
     MODEL_FILES_MISSING instead."""
-    has_vocabulary = (folder / "tokenizer.json").is_file() or (
-        (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()
-    )
-    if not has_vocabulary:
+    if not has_vocabulary(folder):
         raise FailedPreconditionError(
-            f"no tokenizer vocabulary (vocab.json and merges.txt) in {folder}; the "
-            "configurations shipped for single-file checkpoints carry none: set the model's "
-            "config_path to a diffusers folder of its base whose tokenizers have them",
+            f"no tokenizer vocabulary (tokenizer.json, or vocab.json and merges.txt) in {folder}",
             reason="MODEL_FILES_MISSING",
             metadata={"path": str(folder)},
         )

@@ -1,0 +1,314 @@
+"""The work of each operation, as the generation queue runs it: in a worker thread, with
+the models it needs loaded by key, locked while it computes and released after it.
+
+Models load through the model load service on the event loop (`ModelLocks` hands each
+load to the loop and waits for it), so a generation's loads publish their ModelLoad*
+events with the generation's context like any other load. Every lock, and every LoRA
+patch, is held on one exit stack that the work leaves however it ends (result, error,
+cancellation): no lock or patch outlives the work. A main model's UNet is loaded first:
+it is the largest part, so a model that cannot fit fails before anything else is read.
+
+Image results are encoded as PNG here, in the worker thread; tensor results go into the
+tensor store under the generation's id and session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from PIL import Image
+
+from services.common.errors import OperationCancelledError
+from services.inference.events import EventContext
+from services.inference.generation.conditioning import Conditioning, TextEncoder, encode_prompt
+from services.inference.generation.denoise import Sampling, StepHooks, denoise_latents
+from services.inference.generation.images import encode_png
+from services.inference.generation.noise import Noise, create_noise
+from services.inference.generation.operations import (
+    DiffusionModel,
+    ImageToImageParams,
+    TextToImageParams,
+    image_to_image,
+    text_to_image,
+)
+from services.inference.generation.step_range import StepRange
+from services.inference.generation.upscale import upscale
+from services.inference.generation.vae import decode_latents, encode_image
+from services.inference.loading.lora import applied_loras
+from services.inference.model_loads import ModelLoadService
+from services.inference.model_records import BaseModelType, SubModelType
+from services.inference.tensors.store import TensorInfo, TensorKind, TensorStore
+
+Work = Callable[[StepHooks], Any]
+
+NOISE_PART = "noise"
+LATENTS_PART = "latents"
+
+# The (tokenizer, text encoder) pairs of a main model, by base, in the order their
+# embeddings are concatenated.
+_FIRST_ENCODER = (SubModelType.TOKENIZER, SubModelType.TEXT_ENCODER)
+_SECOND_ENCODER = (SubModelType.TOKENIZER_2, SubModelType.TEXT_ENCODER_2)
+_TEXT_ENCODERS = {
+    BaseModelType.SDXL: (_FIRST_ENCODER, _SECOND_ENCODER),
+    BaseModelType.SDXL_REFINER: (_SECOND_ENCODER,),
+}
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    """An image a generation produced, as PNG bytes; `seed` is its noise's (TextToImage
+    and ImageToImage only)."""
+
+    png: bytes
+    width: int
+    height: int
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class MainModel:
+    """A main model by key, with the base that says which parts it has."""
+
+    key: str
+    base: BaseModelType
+
+
+@dataclass(frozen=True)
+class ModelPart:
+    """One loadable model: a model without parts (submodel None) or a part of a main one."""
+
+    key: str
+    submodel: SubModelType | None = None
+
+
+@dataclass(frozen=True)
+class Workshop:
+    """What every piece of work uses: the model loads, the tensor store and the event loop
+    that loads run on."""
+
+    loads: ModelLoadService
+    tensors: TensorStore
+    loop: asyncio.AbstractEventLoop
+
+
+class ModelLocks:
+    """The models of one piece of work, loaded by key and locked on `stack` until it
+    closes. The main model's UNet and text encoders locked here are what LoRAs patch."""
+
+    def __init__(self, shop: Workshop, context: EventContext, stack: ExitStack) -> None:
+        self._shop = shop
+        self._context = context
+        self._stack = stack
+        self._lora_targets: dict[SubModelType, torch.nn.Module] = {}
+
+    def lock(self, part: ModelPart) -> Any:
+        load = self._shop.loads.load(part.key, part.submodel, self._context)
+        loaded = asyncio.run_coroutine_threadsafe(load, self._shop.loop).result()
+        return self._stack.enter_context(loaded.lock())
+
+    def unet(self, main: MainModel) -> Any:
+        unet = self.lock(ModelPart(main.key, SubModelType.UNET))
+        self._lora_targets[SubModelType.UNET] = unet
+        return unet
+
+    def text_encoders(self, main: MainModel) -> list[TextEncoder]:
+        encoders = []
+        for tokenizer, encoder in _TEXT_ENCODERS.get(main.base, (_FIRST_ENCODER,)):
+            model = self.lock(ModelPart(main.key, encoder))
+            self._lora_targets[encoder] = model
+            encoders.append(TextEncoder(self.lock(ModelPart(main.key, tokenizer)), model))
+        return encoders
+
+    def scheduler_config(self, main: MainModel) -> dict[str, Any]:
+        return self.lock(ModelPart(main.key, SubModelType.SCHEDULER))
+
+    def diffusion_model(self, main: MainModel, vae: ModelPart) -> DiffusionModel:
+        unet = self.unet(main)
+        return DiffusionModel(
+            unet=unet,
+            text_encoders=self.text_encoders(main),
+            scheduler_config=self.scheduler_config(main),
+            vae=self.lock(vae),
+        )
+
+    def apply_loras(self, loras: Sequence[tuple[str, float]]) -> None:
+        """Patch the UNet and text encoders locked so far with each LoRA until the stack
+        closes."""
+        if not loras:
+            return
+        weights = [(self.lock(ModelPart(key)), weight) for key, weight in loras]
+        self._stack.enter_context(applied_loras(dict(self._lora_targets), weights))
+
+
+def _stop_if_cancelled(hooks: StepHooks) -> None:
+    if hooks.should_cancel is not None and hooks.should_cancel():
+        raise OperationCancelledError("cancelled")
+
+
+def _image_result(image: Image.Image, seed: int | None = None) -> ImageResult:
+    return ImageResult(encode_png(image), image.width, image.height, seed)
+
+
+def _store(
+    shop: Workshop,
+    hooks: StepHooks,
+    parts: dict[str, torch.Tensor],
+    kind: TensorKind,
+    seed: int | None = None,
+) -> TensorInfo:
+    return shop.tensors.put(
+        parts,
+        kind=kind,
+        generation_id=hooks.context.generation_id,
+        session_id=hooks.context.session_id,
+        seed=seed,
+    )
+
+
+def text_to_image_work(
+    shop: Workshop,
+    main: MainModel,
+    vae: ModelPart,
+    loras: Sequence[tuple[str, float]],
+    params: TextToImageParams,
+) -> Work:
+    def work(hooks: StepHooks) -> ImageResult:
+        with ExitStack() as stack:
+            models = ModelLocks(shop, hooks.context, stack)
+            model = models.diffusion_model(main, vae)
+            models.apply_loras(loras)
+            _stop_if_cancelled(hooks)
+            generated = text_to_image(model, params, hooks)
+        return _image_result(generated.image, generated.seed)
+
+    return work
+
+
+def image_to_image_work(
+    shop: Workshop,
+    main: MainModel,
+    vae: ModelPart,
+    loras: Sequence[tuple[str, float]],
+    params: ImageToImageParams,
+) -> Work:
+    def work(hooks: StepHooks) -> ImageResult:
+        with ExitStack() as stack:
+            models = ModelLocks(shop, hooks.context, stack)
+            model = models.diffusion_model(main, vae)
+            models.apply_loras(loras)
+            _stop_if_cancelled(hooks)
+            generated = image_to_image(model, params, hooks)
+        return _image_result(generated.image, generated.seed)
+
+    return work
+
+
+def upscale_work(
+    shop: Workshop, upscaler: ModelPart, image: Image.Image, scale: float | None
+) -> Work:
+    def work(hooks: StepHooks) -> ImageResult:
+        with ExitStack() as stack:
+            model = ModelLocks(shop, hooks.context, stack).lock(upscaler)
+            _stop_if_cancelled(hooks)
+            result = upscale(model, image, scale)
+        return _image_result(result)
+
+    return work
+
+
+def encode_prompt_work(
+    shop: Workshop, main: MainModel, prompt: str, loras: Sequence[tuple[str, float]]
+) -> Work:
+    def work(hooks: StepHooks) -> TensorInfo:
+        with ExitStack() as stack:
+            models = ModelLocks(shop, hooks.context, stack)
+            encoders = models.text_encoders(main)
+            models.apply_loras(loras)
+            _stop_if_cancelled(hooks)
+            conditioning = encode_prompt(encoders, prompt)
+        return _store(shop, hooks, conditioning.parts(), TensorKind.CONDITIONING)
+
+    return work
+
+
+def create_noise_work(shop: Workshop, seed: int, latent_height: int, latent_width: int) -> Work:
+    def work(hooks: StepHooks) -> TensorInfo:
+        noise = create_noise(seed, latent_height, latent_width)
+        return _store(shop, hooks, {NOISE_PART: noise.latents}, TensorKind.NOISE, seed=seed)
+
+    return work
+
+
+@dataclass(frozen=True)
+class DenoiseInputs:
+    """The tensors a DenoiseLatents takes, by name (`latents` empty: none)."""
+
+    positive: str
+    negative: str
+    noise: str
+    latents: str = ""
+
+
+def denoise_latents_work(
+    shop: Workshop,
+    main: MainModel,
+    inputs: DenoiseInputs,
+    step_range: StepRange,
+    sampling: Sampling,
+    loras: Sequence[tuple[str, float]],
+) -> Work:
+    def work(hooks: StepHooks) -> TensorInfo:
+        tensors = shop.tensors
+        positive = Conditioning.from_parts(tensors.get(inputs.positive).parts)
+        negative = Conditioning.from_parts(tensors.get(inputs.negative).parts)
+        stored_noise = tensors.get(inputs.noise)
+        noise = Noise(stored_noise.parts[NOISE_PART], stored_noise.info.seed or 0)
+        latents = tensors.get(inputs.latents).parts[LATENTS_PART] if inputs.latents else None
+        with ExitStack() as stack:
+            models = ModelLocks(shop, hooks.context, stack)
+            unet = models.unet(main)
+            scheduler_config = models.scheduler_config(main)
+            models.apply_loras(loras)
+            _stop_if_cancelled(hooks)
+            result = denoise_latents(
+                unet,
+                scheduler_config,
+                positive=positive,
+                negative=negative,
+                noise=noise,
+                step_range=step_range,
+                sampling=sampling,
+                latents=latents,
+                hooks=hooks,
+            )
+        return _store(shop, hooks, {LATENTS_PART: result}, TensorKind.LATENTS)
+
+    return work
+
+
+def decode_latents_work(shop: Workshop, vae: ModelPart, latents: str) -> Work:
+    def work(hooks: StepHooks) -> ImageResult:
+        stored = shop.tensors.get(latents).parts[LATENTS_PART]
+        with ExitStack() as stack:
+            model = ModelLocks(shop, hooks.context, stack).lock(vae)
+            _stop_if_cancelled(hooks)
+            image = decode_latents(model, stored)
+        return _image_result(image)
+
+    return work
+
+
+def encode_image_work(shop: Workshop, vae: ModelPart, image: Image.Image) -> Work:
+    def work(hooks: StepHooks) -> TensorInfo:
+        with ExitStack() as stack:
+            model = ModelLocks(shop, hooks.context, stack).lock(vae)
+            _stop_if_cancelled(hooks)
+            latents = encode_image(model, image)
+        return _store(shop, hooks, {LATENTS_PART: latents}, TensorKind.LATENTS)
+
+    return work
