@@ -185,20 +185,18 @@ def measure_loads(client: EaselClient, key: str, folder: Path) -> dict[str, floa
 
 
 def measure_progress_latency(client: EaselClient, key: str) -> float:
-    """Median ms from each step's progress event to its arrival here. A CreateNoise of the
-    same session goes first: its events arriving show that the subscription is live."""
+    """Median ms from each step's progress event to its arrival here. The watch names a
+    CreateNoise of the same session made before it: its snapshot, which comes whatever
+    that generation's state, shows that the subscription is live."""
     session = f"bench-{uuid.uuid4()}"
-    request = gen.WatchInferenceEventsRequest(session_ids=[session])
+    noise = gen.CreateGenerationRequest(
+        create_noise=gen.CreateNoise(seed=SEED, width=SIZE, height=SIZE), session_id=session
+    )
+    probe = client.generation.CreateGeneration(noise).generation.id
+    request = gen.WatchInferenceEventsRequest(session_ids=[session], generation_ids=[probe])
     stream = client.generation.WatchInferenceEvents(request)
     try:
-        noise = gen.CreateGenerationRequest(
-            create_noise=gen.CreateNoise(seed=SEED, width=SIZE, height=SIZE), session_id=session
-        )
-        probe = client.generation.CreateGeneration(noise).generation.id
-        for response in stream:
-            event = response.event
-            if event.generation_id == probe and event.WhichOneof("payload") in TERMINAL:
-                break
+        next(stream)  # the probe's snapshot
         generation = client.generation.CreateGeneration(text_to_image(key, session)).generation
         latencies_ms = []
         for response in stream:
