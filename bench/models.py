@@ -29,13 +29,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from clients.sdk import EaselClient
 from easel.model_manager.v1 import model_pb2 as m
 from easel.model_manager.v1 import model_record_service_pb2 as pb
+from services.common.model_taxonomy import BaseModelType
 from services.common.settings import CommonSettings
 from services.model_manager.probe.hashing import hash_model
 from services.model_manager.probe.model_probe import probe_model
 from services.model_manager.records.configs import MainCheckpointConfig
 from services.model_manager.records.open_store import open_record_store
 from services.model_manager.records.record_store import ModelQuery
-from services.model_manager.records.taxonomy import BaseModelType
 from tests.model_fixtures import write_sparse_checkpoint
 from tests.processes import start_service, suite_env, wait_serving
 

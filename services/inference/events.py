@@ -16,7 +16,7 @@ from typing import Any
 
 from services.common.errors import EaselError
 from services.common.event_bus import EventBus
-from services.inference.model_records import SubModelType
+from services.common.model_taxonomy import SubModelType
 
 
 @dataclass(frozen=True)

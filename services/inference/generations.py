@@ -25,6 +25,7 @@ from PIL import Image
 
 from services.common.errors import InvalidArgumentError, NotFoundError
 from services.common.event_bus import Delivery, follow
+from services.common.model_taxonomy import BaseModelType, ModelType, SubModelType
 from services.inference.events import (
     EventContext,
     InferenceEvents,
@@ -88,7 +89,7 @@ from services.inference.generation.work import (
     upscale_work,
 )
 from services.inference.model_loads import ModelLoadService
-from services.inference.model_records import BaseModelType, ModelRecord, ModelType, SubModelType
+from services.inference.model_records import ModelRecord
 from services.inference.tensors.store import TensorKind, TensorStore
 
 WRONG_MODEL_TYPE = "WRONG_MODEL_TYPE"

@@ -37,7 +37,8 @@ from services.common.errors import (
     NotFoundError,
     ResourceExhaustedError,
 )
-from services.inference.model_records import ModelRecord, SubModelType
+from services.common.model_taxonomy import SubModelType
+from services.inference.model_records import ModelRecord
 
 log = structlog.get_logger(__name__)
 

@@ -9,6 +9,7 @@ from easel.inference.v1 import generation_service_pb2 as events_pb
 from easel.inference.v1 import model_cache_service_pb2 as pb
 from easel.model_manager.v1 import model_pb2
 from services.common.error_status import code_for
+from services.common.model_taxonomy import BaseModelType, ModelType, SubModelType
 from services.common.proto_enums import EnumMap
 from services.inference.events import (
     EventContext,
@@ -19,7 +20,6 @@ from services.inference.events import (
 )
 from services.inference.model_cache import CacheEntry, CacheStats
 from services.inference.model_loads import LoadedModel
-from services.inference.model_records import BaseModelType, ModelType, SubModelType
 from services.inference.torch_runtime import dtype_name
 
 SUBMODEL = EnumMap(SubModelType, model_pb2.SubModelType)

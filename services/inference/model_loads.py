@@ -31,6 +31,7 @@ from services.common.errors import (
     InvalidArgumentError,
     ResourceExhaustedError,
 )
+from services.common.model_taxonomy import SubModelType
 from services.inference.events import (
     NO_CONTEXT,
     EventContext,
@@ -44,7 +45,7 @@ from services.inference.loading.convert_cache import ConvertCache
 from services.inference.loading.registry import LoaderRegistry, LoadOptions, ModelLoader
 from services.inference.loading.weights import files_missing, tensor_bytes
 from services.inference.model_cache import OUT_OF_MEMORY, CacheEntry, ModelCache
-from services.inference.model_records import ModelRecord, SubModelType
+from services.inference.model_records import ModelRecord
 from services.inference.settings import InferenceSettings
 from services.inference.torch_runtime import TorchRuntime, dtype_name
 

@@ -18,17 +18,17 @@ from easel.model_manager.v1 import model_record_service_pb2 as pb
 from services.common import errors
 from services.common.channels import open_channel
 from services.common.error_status import from_rpc_error
-from services.common.proto_enums import EnumMap
-from services.common.settings import CommonSettings
-from services.inference.model_records import (
+from services.common.model_taxonomy import (
     BaseModelType,
     ModelFormat,
-    ModelRecord,
     ModelRepoVariant,
     ModelType,
     ModelVariantType,
     SchedulerPredictionType,
 )
+from services.common.proto_enums import EnumMap
+from services.common.settings import CommonSettings
+from services.inference.model_records import ModelRecord
 
 CALL_TIMEOUT_S = 10.0
 UNAVAILABLE_REASON = "MODEL_MANAGER_UNAVAILABLE"

@@ -23,6 +23,16 @@ from google.protobuf.message import Message
 from easel.model_manager.v1 import model_pb2
 from easel.model_manager.v1 import model_record_service_pb2 as pb
 from services.common.errors import FieldViolation, InvalidArgumentError
+from services.common.model_taxonomy import (
+    BaseModelType,
+    HashAlgorithm,
+    ModelFormat,
+    ModelRepoVariant,
+    ModelType,
+    ModelVariantType,
+    SchedulerPredictionType,
+    SourceType,
+)
 from services.common.proto_enums import EnumMap
 from services.model_manager.records.configs import (
     CONFIG_FIELDS,
@@ -34,16 +44,6 @@ from services.model_manager.records.configs import (
 )
 from services.model_manager.records.metadata import ModelMetadata
 from services.model_manager.records.record_store import ModelQuery, ModelRecordStore, StoreBackend
-from services.model_manager.records.taxonomy import (
-    BaseModelType,
-    HashAlgorithm,
-    ModelFormat,
-    ModelRepoVariant,
-    ModelType,
-    ModelVariantType,
-    SchedulerPredictionType,
-    SourceType,
-)
 
 BASE = EnumMap(BaseModelType, model_pb2.BaseModelType)
 TYPE = EnumMap(ModelType, model_pb2.ModelType)

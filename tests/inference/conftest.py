@@ -9,19 +9,14 @@ import pytest
 import torch
 
 from services.common.errors import NotFoundError
+from services.common.model_taxonomy import BaseModelType, ModelFormat, ModelRepoVariant, ModelType
 from services.inference.events import InferenceEvents
 from services.inference.loading.convert_cache import ConvertCache
 from services.inference.loading.loaders import LOADERS
 from services.inference.loading.registry import LoadOptions
 from services.inference.model_cache import ModelCache
 from services.inference.model_loads import ModelLoadService
-from services.inference.model_records import (
-    BaseModelType,
-    ModelFormat,
-    ModelRecord,
-    ModelRepoVariant,
-    ModelType,
-)
+from services.inference.model_records import ModelRecord
 from tests.inference.zoo import InferenceZoo
 
 torch.set_num_threads(1)

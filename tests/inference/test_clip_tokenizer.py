@@ -13,12 +13,12 @@ from safetensors.torch import load_file, save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from services.common.errors import FailedPreconditionError
+from services.common.model_taxonomy import BaseModelType, ModelFormat, SubModelType
 from services.inference.loading.checkpoints import CONFIGS
 from services.inference.loading.clip_tokenizer import VOCAB_SIZE, clip_tokenizer
 from services.inference.loading.convert_cache import ConvertCache
 from services.inference.loading.loaders import LOADERS
 from services.inference.loading.registry import LoadOptions
-from services.inference.model_records import BaseModelType, ModelFormat, SubModelType
 from tests.inference.checkpoints import clip_to_original, unet_to_original, vae_to_original
 from tests.inference.conftest import record
 

@@ -11,6 +11,13 @@ import torch
 from safetensors.torch import load_file
 
 from services.common.errors import FailedPreconditionError, InvalidArgumentError, UnimplementedError
+from services.common.model_taxonomy import (
+    BaseModelType,
+    ModelFormat,
+    ModelRepoVariant,
+    ModelType,
+    SubModelType,
+)
 from services.inference.loading.checkpoints import CONFIGS
 from services.inference.loading.loaders import LOADERS
 from services.inference.loading.registry import (
@@ -20,13 +27,6 @@ from services.inference.loading.registry import (
     ModelLoader,
 )
 from services.inference.loading.weights import tensor_bytes
-from services.inference.model_records import (
-    BaseModelType,
-    ModelFormat,
-    ModelRepoVariant,
-    ModelType,
-    SubModelType,
-)
 from tests.inference.conftest import record
 
 WEIGHTS = {

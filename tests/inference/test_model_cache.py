@@ -11,6 +11,7 @@ from services.common.errors import (
     ResourceExhaustedError,
     UnimplementedError,
 )
+from services.common.model_taxonomy import ModelFormat, ModelType, SubModelType
 from services.inference.events import (
     EventContext,
     ModelLoadCompleted,
@@ -18,7 +19,6 @@ from services.inference.events import (
     ModelLoadStarted,
 )
 from services.inference.loading.weights import tensor_bytes
-from services.inference.model_records import ModelFormat, ModelType, SubModelType
 from tests.inference.conftest import record
 
 UNET = SubModelType.UNET

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from services.common.model_taxonomy import ModelFormat, ModelType, SubModelType
 from services.inference.loading.lora import LoraWeights, applied_loras, ldm_unet_name
 from services.inference.loading.textual_inversion import applied_embeddings
-from services.inference.model_records import ModelFormat, ModelType, SubModelType
 from tests.inference.conftest import record
 from tests.inference.test_loaders import load
 from tests.inference.zoo import EMBEDDING_TRIGGER

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from services.common import errors
+from services.common.model_taxonomy import HashAlgorithm, ModelFormat, ModelType
 from services.model_manager.records.configs import (
     CONFIG_CLASSES,
     FORMATS_BY_TYPE,
@@ -15,7 +16,6 @@ from services.model_manager.records.configs import (
     MainDiffusersConfig,
     parse_config,
 )
-from services.model_manager.records.taxonomy import HashAlgorithm, ModelFormat, ModelType
 
 MINIMAL = {"name": "m", "base": "sd-1", "path": "m"}
 

@@ -17,9 +17,9 @@ import torch
 from diffusers import AutoencoderKL
 
 from services.common import errors
+from services.common.model_taxonomy import ModelRepoVariant
 from services.model_manager.install.hf_repo import HuggingFaceRepo, RepoSelection
 from services.model_manager.records.metadata import metadata_from_api_response
-from services.model_manager.records.taxonomy import ModelRepoVariant
 from tests.hf_hub import HubStandIn
 from tests.model_fixtures import ModelZoo
 

@@ -13,11 +13,11 @@ from pydantic import SecretStr
 
 from easel.downloader.v1 import download_service_pb2 as download_pb
 from easel.model_manager.v1 import model_install_service_pb2 as pb
+from services.common.model_taxonomy import ModelRepoVariant
 from services.model_manager.install.install_jobs import InstallJob, InstallStatus
 from services.model_manager.install.job_store import InstallJobStore
 from services.model_manager.install.model_sources import HuggingFaceModelSource, UrlModelSource
 from services.model_manager.records.configs import parse_config
-from services.model_manager.records.taxonomy import ModelRepoVariant
 from tests.model_fixtures import ModelZoo, write_sparse_checkpoint
 from tests.model_manager.install_suite import Suite, until
 

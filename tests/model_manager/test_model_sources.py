@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 
 from services.common.errors import InvalidArgumentError
+from services.common.model_taxonomy import ModelRepoVariant
 from services.model_manager.install.model_sources import (
     HuggingFaceModelSource,
     LocalModelSource,
     UrlModelSource,
     parse_source,
 )
-from services.model_manager.records.taxonomy import ModelRepoVariant
 
 
 @pytest.mark.parametrize(

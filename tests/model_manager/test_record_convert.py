@@ -12,9 +12,9 @@ from google.protobuf import field_mask_pb2, struct_pb2
 from easel.model_manager.v1 import model_pb2 as m
 from easel.model_manager.v1 import model_record_service_pb2 as pb
 from services.common import errors
+from services.common.model_taxonomy import ModelType
 from services.model_manager import record_convert as convert
 from services.model_manager.records.configs import CONFIG_CLASSES, parse_config
-from services.model_manager.records.taxonomy import ModelType
 
 
 def struct(**values: Any) -> struct_pb2.Struct:

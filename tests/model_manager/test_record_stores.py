@@ -16,6 +16,7 @@ import yaml
 from easel.model_manager.v1 import model_pb2, model_record_service_pb2_grpc
 from easel.model_manager.v1 import model_record_service_pb2 as records_pb
 from services.common import errors
+from services.common.model_taxonomy import BaseModelType, ModelFormat, ModelType
 from services.model_manager.records import record_store
 from services.model_manager.records.configs import (
     CONFIG_CLASSES,
@@ -31,7 +32,6 @@ from services.model_manager.records.record_store import (
     ModelRecordStore,
     StoreBackend,
 )
-from services.model_manager.records.taxonomy import BaseModelType, ModelFormat, ModelType
 from tests.processes import wait_serving
 
 BLAKE3 = "blake3:" + "ab" * 32

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from services.common.model_taxonomy import ModelRepoVariant
 from services.model_manager.install.hf_repo import choose_files
-from services.model_manager.records.taxonomy import ModelRepoVariant
 
 PIPELINE = [
     "README.md",

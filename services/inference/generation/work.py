@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 
 from services.common.errors import OperationCancelledError
+from services.common.model_taxonomy import BaseModelType, SubModelType
 from services.inference.events import EventContext
 from services.inference.generation.conditioning import Conditioning, TextEncoder, encode_prompt
 from services.inference.generation.denoise import Sampling, StepHooks, denoise_latents
@@ -41,7 +42,6 @@ from services.inference.generation.upscale import upscale
 from services.inference.generation.vae import decode_latents, encode_image
 from services.inference.loading.lora import applied_loras
 from services.inference.model_loads import ModelLoadService
-from services.inference.model_records import BaseModelType, SubModelType
 from services.inference.tensors.store import TensorInfo, TensorKind, TensorStore
 
 Work = Callable[[StepHooks], Any]

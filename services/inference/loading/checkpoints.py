@@ -38,6 +38,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.loaders.single_file_utils import create_diffusers_clip_model_from_ldm
 
 from services.common.errors import FailedPreconditionError
+from services.common.model_taxonomy import BaseModelType, ModelFormat, ModelType, SubModelType
 from services.inference.loading.clip_tokenizer import VOCAB_SIZE, clip_tokenizer
 from services.inference.loading.diffusers_folders import (
     DiffusersMainLoader,
@@ -57,13 +58,7 @@ from services.inference.loading.weights import (
     safetensors_header,
     unreadable,
 )
-from services.inference.model_records import (
-    BaseModelType,
-    ModelFormat,
-    ModelRecord,
-    ModelType,
-    SubModelType,
-)
+from services.inference.model_records import ModelRecord
 
 CONFIGS = Path(__file__).parent / "configs"
 """The diffusers configurations Easel ships, one folder per base."""

@@ -17,6 +17,13 @@ import diffusers
 import transformers
 
 from services.common.errors import FailedPreconditionError
+from services.common.model_taxonomy import (
+    BaseModelType,
+    ModelFormat,
+    ModelRepoVariant,
+    ModelType,
+    SubModelType,
+)
 from services.inference.loading.registry import Loaded, LoadOptions, ModelLoader, register
 from services.inference.loading.weights import (
     choose_variant,
@@ -24,14 +31,7 @@ from services.inference.loading.weights import (
     unreadable,
     variant_files,
 )
-from services.inference.model_records import (
-    BaseModelType,
-    ModelFormat,
-    ModelRecord,
-    ModelRepoVariant,
-    ModelType,
-    SubModelType,
-)
+from services.inference.model_records import ModelRecord
 
 _LIBRARIES = {"diffusers": diffusers, "transformers": transformers}
 _PART_NAMES = frozenset(part.value for part in SubModelType)

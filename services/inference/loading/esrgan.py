@@ -18,9 +18,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from services.common.model_taxonomy import BaseModelType, ModelFormat, ModelType
 from services.inference.loading.registry import Loaded, ModelLoader, register
 from services.inference.loading.weights import read_state_dict, unreadable
-from services.inference.model_records import BaseModelType, ModelFormat, ModelType
 
 _OLD_BODY = re.compile(r"^model\.1\.sub\.(\d+)\.RDB(\d)\.conv(\d)\.0\.(weight|bias)$")
 _OLD_CONV = re.compile(r"^model\.(\d+)\.(weight|bias)$")

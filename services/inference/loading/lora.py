@@ -23,6 +23,7 @@ import structlog
 import torch
 
 from services.common.errors import FailedPreconditionError
+from services.common.model_taxonomy import BaseModelType, ModelFormat, ModelType, SubModelType
 from services.inference.loading.registry import Loaded, ModelLoader, register
 from services.inference.loading.weights import (
     SAFETENSORS,
@@ -31,13 +32,7 @@ from services.inference.loading.weights import (
     read_state_dict,
     unreadable,
 )
-from services.inference.model_records import (
-    BaseModelType,
-    ModelFormat,
-    ModelRecord,
-    ModelType,
-    SubModelType,
-)
+from services.inference.model_records import ModelRecord
 
 log = structlog.get_logger(__name__)
 

@@ -17,14 +17,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import torch
 
 from services.common.errors import InvalidArgumentError, UnimplementedError
+from services.common.model_taxonomy import BaseModelType, ModelFormat, ModelType, SubModelType
 from services.inference.loading.weights import estimated_bytes
-from services.inference.model_records import (
-    BaseModelType,
-    ModelFormat,
-    ModelRecord,
-    ModelType,
-    SubModelType,
-)
+from services.inference.model_records import ModelRecord
 
 if TYPE_CHECKING:
     from services.inference.loading.convert_cache import ConvertCache

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from services.common.errors import FailedPreconditionError
+from services.common.model_taxonomy import BaseModelType, ModelFormat, ModelType, SubModelType
 from services.inference.loading.registry import Loaded, ModelLoader, register
 from services.inference.loading.weights import (
     SAFETENSORS,
@@ -32,13 +33,7 @@ from services.inference.loading.weights import (
     read_state_dict,
     unreadable,
 )
-from services.inference.model_records import (
-    BaseModelType,
-    ModelFormat,
-    ModelRecord,
-    ModelType,
-    SubModelType,
-)
+from services.inference.model_records import ModelRecord
 
 EMBEDDING_INCOMPATIBLE = "EMBEDDING_INCOMPATIBLE"
 # Token widths of the second (OpenCLIP bigG) text encoder of sdxl.

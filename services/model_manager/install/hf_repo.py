@@ -37,9 +37,9 @@ from huggingface_hub.utils import (
 )
 
 from services.common import errors
+from services.common.model_taxonomy import ModelRepoVariant
 from services.model_manager.install.downloader_client import RemoteFile
 from services.model_manager.records.metadata import ModelMetadata, metadata_from_api_response
-from services.model_manager.records.taxonomy import ModelRepoVariant
 
 _LIBRARY = "easel"
 _CONFIG_SUFFIXES = frozenset({".json", ".txt", ".model"})

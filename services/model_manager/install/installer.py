@@ -32,6 +32,7 @@ from services.common import errors
 from services.common.allowed_roots import resolve_within
 from services.common.event_bus import Delivery
 from services.common.job_table import JobTable
+from services.common.model_taxonomy import SourceType
 from services.model_manager.install.downloader_client import (
     DownloadCancelledError,
     DownloaderClient,
@@ -66,7 +67,6 @@ from services.model_manager.probe.hashing import hash_model
 from services.model_manager.probe.model_probe import ProbedModel, probe_model
 from services.model_manager.records.configs import AnyModelConfig, parse_config
 from services.model_manager.records.record_store import ModelQuery, ModelRecordStore
-from services.model_manager.records.taxonomy import SourceType
 from services.model_manager.settings import ModelManagerSettings
 
 log = structlog.get_logger(__name__)

@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 from services.common.errors import AlreadyExistsError
-from services.model_manager.records.taxonomy import BaseModelType, ModelType
+from services.common.model_taxonomy import BaseModelType, ModelType
 
 
 def install_destination(models_dir: Path, base: BaseModelType, type: ModelType, name: str) -> Path:

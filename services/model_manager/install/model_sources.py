@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field, SecretStr
 
 from services.common.errors import InvalidArgumentError
-from services.model_manager.records.taxonomy import ModelRepoVariant
+from services.common.model_taxonomy import ModelRepoVariant
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from blake3 import blake3
 
 from services.common.errors import FailedPreconditionError
-from services.model_manager.records.taxonomy import HashAlgorithm
+from services.common.model_taxonomy import HashAlgorithm
 
 WEIGHT_SUFFIXES = frozenset(
     {".safetensors", ".bin", ".ckpt", ".pt", ".pth", ".onnx", ".msgpack", ".gguf"}

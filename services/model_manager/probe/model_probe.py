@@ -19,19 +19,19 @@ from pathlib import Path
 from typing import Any
 
 from services.common.errors import FailedPreconditionError, InvalidArgumentError
-from services.model_manager.probe.pickle_scan import scan_pickle
-from services.model_manager.probe.safetensors_header import (
-    TensorInfo,
-    corrupt,
-    read_safetensors_header,
-)
-from services.model_manager.records.taxonomy import (
+from services.common.model_taxonomy import (
     BaseModelType,
     ModelFormat,
     ModelRepoVariant,
     ModelType,
     ModelVariantType,
     SchedulerPredictionType,
+)
+from services.model_manager.probe.pickle_scan import scan_pickle
+from services.model_manager.probe.safetensors_header import (
+    TensorInfo,
+    corrupt,
+    read_safetensors_header,
 )
 
 PICKLE_SUFFIXES = frozenset({".ckpt", ".pt", ".pth", ".bin"})

@@ -30,7 +30,7 @@ from pydantic import (
 )
 
 from services.common.errors import FieldViolation, InvalidArgumentError
-from services.model_manager.records.taxonomy import (
+from services.common.model_taxonomy import (
     BaseModelType,
     HashAlgorithm,
     ModelFormat,

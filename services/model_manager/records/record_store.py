@@ -22,8 +22,8 @@ from services.common.errors import (
     InvalidArgumentError,
     NotFoundError,
 )
+from services.common.model_taxonomy import BaseModelType, ModelFormat, ModelType
 from services.model_manager.records.configs import AnyModelConfig, apply_changes, now, parse_config
-from services.model_manager.records.taxonomy import BaseModelType, ModelFormat, ModelType
 
 SCHEMA_VERSION = "3.2"
 """Version of the stored record layout; continues the reference's numbering (its
