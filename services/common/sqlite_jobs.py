@@ -1,10 +1,10 @@
 """Jobs that survive a restart: each job's last saved state as JSON text, by id, in SQLite.
 
 A service keeps its jobs in memory and writes each one here when its state changes; at
-start it reads them back. Ids come from a persisted counter, so an id is never handed out
-twice, not even after its job was deleted. Writes run one after another on a single worker
-thread: they stay off the event loop and land in the order they were asked for, so an
-older state of a job never overwrites a newer one.
+start it reads them back. Ids come from a persisted counter (`counters` row `job_id`), so
+an id is never handed out twice, not even after its job was deleted. Every call runs on
+one worker thread, one after another: they stay off the event loop and land in the order
+they were asked for, so an older state of a job never overwrites a newer one.
 """
 
 from __future__ import annotations
@@ -12,10 +12,13 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
+import structlog
+
+log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
 
@@ -43,9 +46,14 @@ class SqliteJobRows:
         return await self._run(self._next_id)
 
     async def put(self, job_id: int, job: str) -> None:
-        """Insert or replace the job `job_id`."""
-        sql = f"INSERT OR REPLACE INTO {self._table} (id, job) VALUES (?, ?)"
-        await self._run(lambda: self._db.execute(sql, (job_id, job)))
+        """Insert or replace the job `job_id`; returns once it is written."""
+        await self._run(lambda: self._put(job_id, job))
+
+    def put_soon(self, job_id: int, job: str) -> None:
+        """Insert or replace the job `job_id` without waiting for it, for callers that
+        must not wait (e.g. a status change amid a transfer). The write still lands in
+        order with every other call; a failure is logged. `flush` waits for it."""
+        self._writer.submit(self._put, job_id, job).add_done_callback(self._log_failure)
 
     async def delete(self, job_ids: Iterable[int]) -> None:
         rows = [(job_id,) for job_id in job_ids]
@@ -57,10 +65,18 @@ class SqliteJobRows:
         sql = f"SELECT job FROM {self._table} ORDER BY id"
         return await self._run(lambda: [row[0] for row in self._db.execute(sql)])
 
+    async def flush(self) -> None:
+        """Wait until every write asked for so far has been made."""
+        await self._run(lambda: None)
+
     def close(self) -> None:
         """Finish the writes asked for, then close the file."""
         self._writer.shutdown(wait=True)
         self._db.close()
+
+    def _put(self, job_id: int, job: str) -> None:
+        sql = f"INSERT OR REPLACE INTO {self._table} (id, job) VALUES (?, ?)"
+        self._db.execute(sql, (job_id, job))
 
     def _next_id(self) -> int:
         row = self._db.execute(
@@ -68,6 +84,10 @@ class SqliteJobRows:
             "ON CONFLICT(name) DO UPDATE SET value = value + 1 RETURNING value"
         ).fetchone()
         return int(row[0])
+
+    def _log_failure(self, done: Future[None]) -> None:
+        if done.exception() is not None:
+            log.error("writing a job failed", table=self._table, exc_info=done.exception())
 
     async def _run(self, work: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._writer, work)

@@ -23,13 +23,14 @@ from enum import Enum
 from pathlib import Path
 
 import structlog
+from pydantic import SecretStr
 
 from services.common import errors
 from services.common.event_bus import Delivery
 from services.common.job_table import JobTable
 from services.downloader.address_guard import AddressGuard
 from services.downloader.job_requests import NewDownload, RequestValidator
-from services.downloader.job_store import DownloadJobStore, JobStoreWriter
+from services.downloader.job_store import DownloadJobStore
 from services.downloader.jobs import (
     DownloadEvent,
     DownloadJob,
@@ -70,7 +71,7 @@ class DownloadQueue:
     """Jobs, their scheduling, control, persistence and events."""
 
     def __init__(self, store: DownloadJobStore, settings: DownloaderSettings) -> None:
-        self._store = JobStoreWriter(store)
+        self._store = store
         self._reserve = settings.free_space_reserve_bytes
         guard = AddressGuard(settings.allowed_networks)
         self._requests = RequestValidator(settings.allowed_roots, guard, self._reserve)
@@ -86,14 +87,21 @@ class DownloadQueue:
         self._shutting_down = False
 
     async def start(self) -> None:
-        """Open the HTTP session and resume the jobs a previous run left unfinished."""
+        """Open the HTTP session and resume the jobs a previous run left unfinished; end
+        in TOKEN_REQUIRED those of them that were given an access token, which was not
+        kept."""
         await self._url.start()
-        for job in await self._store.call(_load_jobs):
+        jobs = await self._store.load_all()
+        await asyncio.to_thread(_count_partial_bytes, jobs)
+        for job in jobs:
             self._jobs.add(job)
             self._sequence = max(self._sequence, job.job_sequence)
-            if job.status.active:
+            if not job.status.terminal and job.access_token is not None:
+                await self._failed(job, "TOKEN_REQUIRED", _token_lost(job))
+            elif job.status.active:
                 log.info("resuming download", job_id=job.id)
                 self._enqueue(job)
+        await self._store.flush()
 
     async def shutdown(self) -> None:
         """Stop every running job where it is (partials kept, status unchanged); jobs
@@ -109,7 +117,7 @@ class DownloadQueue:
 
     async def close(self) -> None:
         """Write what is pending to the store; call once no RPC runs any more."""
-        await self._store.close()
+        await self._store.flush()
 
     # Creating and reading jobs
 
@@ -134,8 +142,7 @@ class DownloadQueue:
 
     async def prune(self) -> list[int]:
         pruned = self._jobs.prune()
-        self._store.delete(pruned)
-        await self._store.flush()
+        await self._store.delete(pruned)
         return pruned
 
     # Control: each call returns once the job's new state is stored
@@ -294,7 +301,7 @@ class DownloadQueue:
             if all(other.status is Status.COMPLETED for other in job.parts):
                 await self._complete(job)
             else:
-                self._store.save(job.model_copy(deep=True))  # a restart skips this file then
+                self._store.save(job)  # a restart skips this file then
 
     async def _run_local(self, job: DownloadJob) -> None:
         part = job.parts[0]
@@ -405,7 +412,8 @@ class DownloadQueue:
         finally:
             job.status = status
             job.end_time = now()
-            job.access_token = None
+            if job.access_token is not None:
+                job.access_token = SecretStr("")  # no longer needed; it was given
             self._save_and_publish(job)
 
     def _save_and_publish(self, job: DownloadJob) -> None:
@@ -464,15 +472,21 @@ async def _in_thread(work: Callable[[threading.Event], None]) -> None:
         raise
 
 
-def _load_jobs(store: DownloadJobStore) -> list[DownloadJob]:
-    """The stored jobs, each unfinished file's bytes taken from its partial file."""
-    jobs = store.load_all()
+def _count_partial_bytes(jobs: list[DownloadJob]) -> None:
+    """Take each unfinished file's bytes from its partial file (stored jobs have the bytes
+    of their last status change)."""
     for job in jobs:
         for part in job.parts:
             partial = job.partial_path(part)
             if part.status is not Status.COMPLETED and partial is not None:
                 part.bytes = partial.stat().st_size if partial.is_file() else 0
-    return jobs
+
+
+def _token_lost(job: DownloadJob) -> str:
+    return (
+        f"download job {job.id} was unfinished when the downloader restarted, and access "
+        "tokens are not kept across restarts; create the job again with its access token"
+    )
 
 
 def _remove_partials(job_id: int, partials: list[Path | None]) -> None:

@@ -1,139 +1,56 @@
-"""Where download jobs survive a restart: an interface, its SQLite implementation, and the
-thread that writes to it.
+"""Where download jobs survive a restart: their last saved states in a SQLite file.
 
-Jobs are written on every status change (not on every chunk: a restart recomputes bytes
-from the partial files). Ids come from a persisted counter, so an id is never reused, not
-even after its job was pruned.
+A job is saved at every change of status, not on every chunk: a restart recomputes the
+bytes from the partial files. Access tokens are never written: a job given one is stored
+with an empty token, so it still shows that it had one, and the queue ends such a job, if
+it is unfinished at start-up, in TOKEN_REQUIRED instead of running it without its token.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-import sqlite3
-import threading
-from abc import ABC, abstractmethod
-from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TypeVar
 
-import structlog
+from pydantic import SecretStr
 
+from services.common.sqlite_jobs import SqliteJobRows
 from services.downloader.jobs import DownloadJob
 
-log = structlog.get_logger(__name__)
-T = TypeVar("T")
 
-
-class DownloadJobStore(ABC):
-    """Persistence of the queue's jobs."""
-
-    @abstractmethod
-    def allocate_id(self) -> int:
-        """A new job id, never handed out before."""
-
-    @abstractmethod
-    def save(self, job: DownloadJob) -> None:
-        """Insert or replace `job`, access token included (dropped once terminal)."""
-
-    @abstractmethod
-    def delete(self, job_ids: list[int]) -> None: ...
-
-    @abstractmethod
-    def load_all(self) -> list[DownloadJob]:
-        """Every stored job, by id."""
-
-    @abstractmethod
-    def close(self) -> None: ...
-
-
-class SqliteDownloadJobStore(DownloadJobStore):
-    """Jobs as JSON rows in a WAL-mode SQLite file."""
+class DownloadJobStore:
+    """Download jobs by id, ids that are never reused, and writes kept in the order asked."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS download_jobs (id INTEGER PRIMARY KEY, job TEXT NOT NULL)"
-        )
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)"
-        )
-
-    def allocate_id(self) -> int:
-        with self._lock:
-            row = self._db.execute(
-                "INSERT INTO counters (name, value) VALUES ('job_id', 1) "
-                "ON CONFLICT(name) DO UPDATE SET value = value + 1 RETURNING value"
-            ).fetchone()
-        return int(row[0])
-
-    def save(self, job: DownloadJob) -> None:
-        data = job.model_dump(mode="json", exclude={"access_token"})
-        if job.access_token is not None and not job.status.terminal:
-            data["access_token"] = job.access_token.get_secret_value()
-        with self._lock:
-            self._db.execute(
-                "INSERT OR REPLACE INTO download_jobs (id, job) VALUES (?, ?)",
-                (job.id, json.dumps(data)),
-            )
-
-    def delete(self, job_ids: list[int]) -> None:
-        with self._lock:
-            self._db.executemany("DELETE FROM download_jobs WHERE id = ?", [(i,) for i in job_ids])
-
-    def load_all(self) -> list[DownloadJob]:
-        with self._lock:
-            rows = self._db.execute("SELECT job FROM download_jobs ORDER BY id").fetchall()
-        return [DownloadJob.model_validate_json(row[0]) for row in rows]
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-
-class JobStoreWriter:
-    """Makes every call to a store in one worker thread, in the order they were asked.
-
-    The queue changes jobs on its event loop, which must not wait on SQLite; a single
-    thread keeps the writes of one job in order, so the last one asked is the one kept.
-    `save` and `delete` return at once; `flush` waits until everything asked is written.
-    """
-
-    def __init__(self, store: DownloadJobStore) -> None:
-        self._store = store
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="download-store")
-
-    def save(self, job: DownloadJob) -> None:
-        """Write `job`, a snapshot that nothing changes afterwards."""
-        self._submit(self._store.save, job)
-
-    def delete(self, job_ids: list[int]) -> None:
-        self._submit(self._store.delete, job_ids)
+        self._rows = SqliteJobRows(path, "download_jobs")
 
     async def allocate_id(self) -> int:
-        return await self.call(lambda store: store.allocate_id())
+        return await self._rows.allocate_id()
 
-    async def call(self, work: Callable[[DownloadJobStore], T]) -> T:
-        """Run `work(store)` in the writer thread, after everything asked before it."""
-        return await asyncio.wrap_future(self._thread.submit(work, self._store))
+    def save(self, job: DownloadJob) -> None:
+        """Store the job as it is now: read at once, written later off the event loop,
+        after every write asked for before. Returns at once; `flush` waits for it."""
+        data = job.model_dump(mode="json", exclude={"access_token"})
+        if job.access_token is not None:
+            data["access_token"] = ""
+        self._rows.put_soon(job.id, json.dumps(data))
+
+    async def delete(self, job_ids: Iterable[int]) -> None:
+        await self._rows.delete(job_ids)
 
     async def flush(self) -> None:
-        """Wait until everything asked so far is written."""
-        await self.call(lambda _store: None)
+        """Wait until every save and delete asked for so far is written."""
+        await self._rows.flush()
 
-    async def close(self) -> None:
-        """Write what is pending, then stop the thread (the store stays open)."""
-        await asyncio.to_thread(self._thread.shutdown, wait=True)
+    async def load_all(self) -> list[DownloadJob]:
+        """Every stored job, by id; none holds a token (a row written before tokens were
+        left out may still have one: it is dropped here too)."""
+        jobs = [DownloadJob.model_validate_json(text) for text in await self._rows.load_all()]
+        for job in jobs:
+            if job.access_token is not None:
+                job.access_token = SecretStr("")
+        return jobs
 
-    def _submit(self, work: Callable[..., None], *args: object) -> None:
-        self._thread.submit(work, *args).add_done_callback(_log_failure)
-
-
-def _log_failure(done: Future[None]) -> None:
-    if done.exception() is not None:
-        log.error("writing download jobs failed", exc_info=done.exception())
+    def close(self) -> None:
+        """Write what is pending, then close the file."""
+        self._rows.close()

@@ -81,7 +81,7 @@ class DownloadJob(BaseModel):
     dest_path: Path | None = None
     priority: int = DEFAULT_PRIORITY
     parts: list[DownloadPart]
-    access_token: SecretStr | None = None
+    access_token: SecretStr | None = None  # empty once ended, and when loaded (never stored)
     preserve_partial_downloads: bool = False
     move: bool = False
     job_sequence: int = 0

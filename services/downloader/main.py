@@ -9,7 +9,7 @@ from functools import partial
 from easel.downloader.v1 import download_service_pb2, download_service_pb2_grpc
 from services.common.server import ServiceServer, run_process
 from services.downloader.download_queue import DownloadQueue
-from services.downloader.job_store import SqliteDownloadJobStore
+from services.downloader.job_store import DownloadJobStore
 from services.downloader.servicer import DownloadServicer
 from services.downloader.settings import DownloaderSettings
 
@@ -17,7 +17,7 @@ DOMAIN = "easel.downloader.v1"
 
 
 async def build(server: ServiceServer, settings: DownloaderSettings) -> None:
-    store = SqliteDownloadJobStore(settings.downloads_db_path)
+    store = DownloadJobStore(settings.downloads_db_path)
     queue = DownloadQueue(store, settings)
     await queue.start()
     server.add_service(

@@ -280,6 +280,47 @@ async def test_a_restarted_downloader_resumes_unfinished_jobs(remote, start_down
     assert second.id == job.id + 1  # ids are never reused
 
 
+async def test_a_restart_ends_unfinished_jobs_given_a_token_which_is_never_stored(
+    remote, start_downloader
+):
+    content = remote.add("gated.bin", 3 * 1024 * 1024)
+    downloads = await start_downloader()
+    dest = downloads.root / "gated"
+    url = remote.url("/slow/gated.bin?delay=0.02")
+    running = await downloads.create(single_source=url, dest_dir=str(dest), access_token=TOKEN)
+    idle = await downloads.create(
+        single_source=url, dest_path=str(dest / "later.bin"), access_token=TOKEN, start_later=True
+    )
+    await downloads.until(running.id, lambda j: j.bytes > 0)
+    assert remote.requests_to("/slow/")[-1].authorization == f"Bearer {TOKEN}"
+    downloads.service.process.kill()  # abruptly: the WAL keeps every write made
+    downloads.service.process.wait()
+    databases = sorted((downloads.root / "databases").glob("downloads.db*"))
+    assert downloads.root / "databases" / "downloads.db-wal" in databases
+    for database in databases:
+        assert TOKEN.encode() not in database.read_bytes()
+    assert (dest / f"gated.bin.{running.id}.part").exists()
+    requests_made = len(remote.requests)
+
+    restarted = await start_downloader()
+    for job_id in (running.id, idle.id):
+        ended = await restarted.get(job_id)
+        assert (ended.status, ended.error_type) == (S.DOWNLOAD_JOB_STATUS_ERROR, "TOKEN_REQUIRED")
+        assert "access token" in ended.error
+        assert ended.has_access_token
+        assert ended.HasField("end_time")
+    assert restarted.files(dest) == []  # the partial file is removed, as for other errors
+    assert len(remote.requests) == requests_made  # nothing was fetched without the token
+    for database in (downloads.root / "databases").glob("downloads.db*"):
+        assert TOKEN.encode() not in database.read_bytes()
+
+    again = await restarted.create(single_source=url, dest_dir=str(dest), access_token=TOKEN)
+    assert again.id == idle.id + 1  # ids are never reused
+    done = await restarted.wait(again.id)
+    assert done.status == S.DOWNLOAD_JOB_STATUS_COMPLETED, done.error
+    assert (dest / "gated.bin").read_bytes() == content
+
+
 async def test_local_files_and_folders_are_copied_or_moved(downloads):
     source = downloads.root / "src"
     (source / "folder" / "inner").mkdir(parents=True)

@@ -10,7 +10,7 @@ from services.common import errors
 from services.downloader import download_queue
 from services.downloader.download_queue import DownloadQueue
 from services.downloader.job_requests import NewDownload
-from services.downloader.job_store import SqliteDownloadJobStore
+from services.downloader.job_store import DownloadJobStore
 from services.downloader.jobs import DownloadJobStatus
 from services.downloader.settings import DownloaderSettings
 
@@ -20,7 +20,7 @@ async def test_an_unexpected_failure_ends_the_job_even_when_clean_up_fails(tmp_p
     (root / "src").mkdir(parents=True)
     (root / "src" / "a.bin").write_bytes(b"a" * 1000)
     database = root / "downloads.db"
-    store = SqliteDownloadJobStore(database)
+    store = DownloadJobStore(database)
     queue = DownloadQueue(store, DownloaderSettings(root=root, free_space_reserve_bytes=0))
     await queue.start()
 
@@ -41,6 +41,6 @@ async def test_an_unexpected_failure_ends_the_job_even_when_clean_up_fails(tmp_p
         await queue.shutdown()
         await queue.close()
         store.close()
-    reopened = SqliteDownloadJobStore(database)
-    assert [stored.status for stored in reopened.load_all()] == [DownloadJobStatus.ERROR]
+    reopened = DownloadJobStore(database)
+    assert [stored.status for stored in await reopened.load_all()] == [DownloadJobStatus.ERROR]
     reopened.close()

@@ -131,6 +131,28 @@ async def test_a_job_that_needs_its_token_again_must_be_created_again(suite: Sui
     assert again.id == job.id + 1
 
 
+async def test_a_download_with_a_token_cut_by_restarting_both_services_needs_it_again(
+    suite: Suite, tmp_path: Path
+):
+    url = serve_slowly(suite, tmp_path)
+    job = await suite.create(url=pb.UrlModelSource(url=url, access_token=SECRET))
+    await downloading(suite, job.id)
+    suite.kill(suite.model_manager)
+    suite.kill(suite.downloader)
+    for database in (suite.root / "databases").glob("*.db*"):  # WALs included
+        assert SECRET.encode() not in database.read_bytes()
+    await suite.start("downloader")  # ends its download: the token is gone
+    await suite.restart_model_manager()
+
+    failed = await suite.wait(job.id)
+    assert (failed.status, failed.error_type) == (pb.INSTALL_STATUS_ERROR, "TOKEN_REQUIRED")
+    assert "access token" in failed.error
+    assert suite.files() == []
+    assert len(suite.remote.requests_to("/slow/")) == 1  # never fetched again without it
+    again = await suite.install_and_wait(url=pb.UrlModelSource(url=url, access_token=SECRET))
+    assert again.status == pb.INSTALL_STATUS_COMPLETED, again.error
+
+
 async def test_the_store_never_reuses_ids_and_never_writes_tokens(tmp_path: Path):
     path = tmp_path / "installs.db"
     store = InstallJobStore(path)

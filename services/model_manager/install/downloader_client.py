@@ -5,9 +5,10 @@ folder; the folder; an access token) and get back a `DownloadResult`, with progr
 `DownloadProgress` along the way; only this module sees the downloader's protobuf messages.
 
 A download's failure becomes an error a caller can act on: a 404 is REMOTE_NOT_FOUND, a
-401/403 REMOTE_ACCESS_DENIED (a gated repo without a token), a full disk DISK_FULL,
-anything else DOWNLOAD_FAILED carrying the downloader's own reason; a downloader that
-cannot be reached is DOWNLOADER_UNAVAILABLE.
+401/403 REMOTE_ACCESS_DENIED (a gated repo without a token), a full disk DISK_FULL, a
+download whose access token a restart of the downloader dropped TOKEN_REQUIRED, anything
+else DOWNLOAD_FAILED carrying the downloader's own reason; a downloader that cannot be
+reached is DOWNLOADER_UNAVAILABLE.
 """
 
 from __future__ import annotations
@@ -233,6 +234,14 @@ def _download_error(job: pb.DownloadJob) -> errors.EaselError:
         )
     if job.error_type == "DISK_FULL":
         return errors.ResourceExhaustedError(job.error, reason="DISK_FULL", metadata=metadata)
+    if job.error_type == "TOKEN_REQUIRED":
+        return errors.FailedPreconditionError(
+            f"download job {job.id} was unfinished when the downloader service restarted, "
+            "and access tokens are not kept across restarts; create the job again with "
+            "its access token",
+            reason="TOKEN_REQUIRED",
+            metadata=metadata,
+        )
     return errors.UnavailableError(
         f"download failed ({job.error_type}): {job.error}",
         reason="DOWNLOAD_FAILED",
