@@ -2,7 +2,8 @@
 pipeline with random weights: the UNet, VAE and CLIP text encoder of the sd-1
 configurations Easel ships for single-file checkpoints, CLIP's tokenizer, an euler
 scheduler, saved as a diffusers folder of fp16 files and registered with a real model
-manager. 512x512, 30 steps, guidance 7.5, one prompt and seed, fp16 on both sides.
+manager. 512x512, 30 steps, and the prompt, seed, guidance and scheduler of
+bench/inference.py, fp16 on both sides.
 
 - easel_its: denoising steps per second of a whole TextToImage as the client sees it
   (CreateGeneration, then WaitGeneration, which returns the PNG); diffusers_its: the same
@@ -26,12 +27,9 @@ import gc
 import statistics
 import tempfile
 import threading
-import time
 from pathlib import Path
 
-import diffusers
 import torch
-import transformers
 from diffusers import (
     AutoencoderKL,
     EulerDiscreteScheduler,
@@ -40,11 +38,17 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel
 
+from bench.inference import (
+    elapsed_s,
+    generate_diffusers,
+    generate_easel,
+    quiet_libraries,
+    register,
+    text_to_image,
+)
 from clients.sdk import EaselClient
-from easel.inference.v1 import generation_service_pb2 as gen
 from easel.inference.v1 import model_cache_service_pb2 as cache_pb
 from easel.model_manager.v1 import model_pb2 as m
-from easel.model_manager.v1 import model_record_service_pb2 as records_pb
 from services.inference.loading.checkpoints import CONFIGS
 from services.inference.loading.clip_tokenizer import clip_tokenizer
 from tests.processes import client_settings, start_service, suite_env, wait_serving
@@ -53,9 +57,6 @@ SD1 = CONFIGS / "sd-1"
 TORCH_THREADS = 1
 SIZE = 512
 STEPS = 30
-CFG = 7.5
-SEED = 1234
-PROMPT = "a photo of a cat"
 RUNS = 3
 SAMPLE_S = 0.005
 MIB = 1024 * 1024
@@ -118,53 +119,16 @@ class PeakSampler:
         self.peak = max(self.peak, device_used_bytes())
 
 
-def register(client: EaselClient, folder: Path) -> str:
-    config = m.ModelConfig(
-        name="sd15-random",
-        base=m.BASE_MODEL_TYPE_SD_1,
-        type=m.MODEL_TYPE_MAIN,
-        format=m.MODEL_FORMAT_DIFFUSERS,
-        repo_variant=m.MODEL_REPO_VARIANT_FP16,
-        path=str(folder),
-    )
-    return client.model_records.CreateModel(records_pb.CreateModelRequest(model=config)).model.key
+def generate_easel_s(client: EaselClient, key: str) -> float:
+    return elapsed_s(lambda: generate_easel(client, text_to_image(key, SIZE, STEPS)))
 
 
-def generate_easel(client: EaselClient, key: str) -> float:
-    request = gen.CreateGenerationRequest(
-        text_to_image=gen.TextToImage(
-            model_key=key,
-            positive_prompt=PROMPT,
-            width=SIZE,
-            height=SIZE,
-            steps=STEPS,
-            cfg_scale=CFG,
-            scheduler="euler",
-            seed=SEED,
-        )
-    )
-    started = time.perf_counter()
-    created = client.generation.CreateGeneration(request).generation
-    done = client.generation.WaitGeneration(gen.WaitGenerationRequest(id=created.id)).generation
-    elapsed = time.perf_counter() - started
-    if done.status != gen.GENERATION_STATUS_COMPLETED:
-        raise RuntimeError(f"generation ended {done.error_type}: {done.error}")
-    return elapsed
+def generate_diffusers_s(pipe: StableDiffusionPipeline) -> float:
+    def generate() -> None:
+        generate_diffusers(pipe, SIZE, STEPS)
+        torch.cuda.synchronize()
 
-
-def generate_diffusers(pipe: StableDiffusionPipeline) -> float:
-    generator = torch.Generator("cpu").manual_seed(SEED)
-    started = time.perf_counter()
-    pipe(
-        PROMPT,
-        height=SIZE,
-        width=SIZE,
-        num_inference_steps=STEPS,
-        guidance_scale=CFG,
-        generator=generator,
-    )
-    torch.cuda.synchronize()
-    return time.perf_counter() - started
+    return elapsed_s(generate)
 
 
 def measure_easel(root: Path, folder: Path) -> dict[str, float]:
@@ -181,10 +145,10 @@ def measure_easel(root: Path, folder: Path) -> dict[str, float]:
         wait_serving(manager)
         wait_serving(inference)
         with EaselClient(client_settings(env)) as client, PeakSampler() as sampler:
-            key = register(client, folder)
+            key = register(client, folder, "sd15-random", m.MODEL_REPO_VARIANT_FP16)
             stats = client.model_cache.GetCacheStats(cache_pb.GetCacheStatsRequest()).stats
-            generate_easel(client, key)
-            seconds = statistics.median(generate_easel(client, key) for _ in range(RUNS))
+            generate_easel_s(client, key)
+            seconds = statistics.median(generate_easel_s(client, key) for _ in range(RUNS))
     finally:
         inference.stop()
         manager.stop()
@@ -200,9 +164,9 @@ def measure_diffusers(folder: Path) -> dict[str, float]:
         folder, variant="fp16", dtype=torch.float16, local_files_only=True
     ).to("cuda")
     pipe.set_progress_bar_config(disable=True)
-    generate_diffusers(pipe)
+    generate_diffusers_s(pipe)
     torch.cuda.reset_peak_memory_stats()
-    seconds = statistics.median(generate_diffusers(pipe) for _ in range(RUNS))
+    seconds = statistics.median(generate_diffusers_s(pipe) for _ in range(RUNS))
     return {
         "diffusers_its": round(STEPS / seconds, 2),
         "diffusers_max_allocated_mb": round(torch.cuda.max_memory_allocated() / MIB),
@@ -214,9 +178,7 @@ def main() -> None:
         print("inference_gpu: skipped=no_cuda")
         return
     torch.set_num_threads(TORCH_THREADS)
-    for library in (diffusers, transformers):
-        library.utils.logging.set_verbosity_error()
-        library.utils.logging.disable_progress_bar()
+    quiet_libraries()
     with tempfile.TemporaryDirectory() as temporary:
         root = Path(temporary)
         folder = build_pipeline(root / "sd15-random")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 from services.common.errors import EaselError
 from services.common.event_bus import EventBus
@@ -31,6 +30,15 @@ class EventContext:
 NO_CONTEXT = EventContext()
 
 
+@dataclass(frozen=True, kw_only=True)
+class Event:
+    """What every event carries: whom it belongs to and when it happened (keyword-only, so
+    that each event's own fields come first)."""
+
+    context: EventContext = NO_CONTEXT
+    time: float = field(default_factory=time.time)
+
+
 @dataclass(frozen=True)
 class ModelLoad:
     """What every model-load event says about the load: the model, the part, its hash,
@@ -45,42 +53,36 @@ class ModelLoad:
 
 
 @dataclass(frozen=True)
-class ModelLoadStarted:
+class ModelLoadStarted(Event):
     """A load began: every load request sends it, cache hits included."""
 
     load: ModelLoad
-    context: EventContext = NO_CONTEXT
-    time: float = field(default_factory=time.time)
 
 
 @dataclass(frozen=True)
-class ModelLoadCompleted:
+class ModelLoadCompleted(Event):
     """A load finished and the model is in the cache."""
 
     load: ModelLoad
     size_bytes: int
     duration_s: float
     cache_hit: bool
-    context: EventContext = NO_CONTEXT
-    time: float = field(default_factory=time.time)
 
 
 @dataclass(frozen=True)
-class ModelLoadFailed:
+class ModelLoadFailed(Event):
     """A load failed; `error` is the domain error a caller would get."""
 
     model_key: str
     submodel: SubModelType | None
     error: EaselError
-    context: EventContext = NO_CONTEXT
-    time: float = field(default_factory=time.time)
 
 
 class InferenceEvents:
     """The process's event bus; build it inside the event loop."""
 
     def __init__(self) -> None:
-        self.bus: EventBus[Any] = EventBus()
+        self.bus: EventBus[Event] = EventBus()
 
-    def publish(self, event: Any) -> None:
+    def publish(self, event: Event) -> None:
         self.bus.publish(event)

@@ -85,8 +85,9 @@ def _loras(message: Any) -> tuple[LoraRef, ...]:
     return tuple(LoraRef(lora.model_key, _optional(lora, "weight")) for lora in message.loras)
 
 
-def _text_to_image(message: pb.TextToImage) -> TextToImageRequest:
-    return TextToImageRequest(
+def _image_fields(message: pb.TextToImage | pb.ImageToImage) -> dict[str, Any]:
+    """The fields TextToImage and ImageToImage share."""
+    return dict(
         model_key=message.model_key,
         positive_prompt=message.positive_prompt,
         negative_prompt=message.negative_prompt,
@@ -101,20 +102,14 @@ def _text_to_image(message: pb.TextToImage) -> TextToImageRequest:
     )
 
 
+def _text_to_image(message: pb.TextToImage) -> TextToImageRequest:
+    return TextToImageRequest(**_image_fields(message))
+
+
 def _image_to_image(message: pb.ImageToImage) -> ImageToImageRequest:
     return ImageToImageRequest(
-        model_key=message.model_key,
+        **_image_fields(message),
         init_image_png=message.init_image_png,
-        positive_prompt=message.positive_prompt,
-        negative_prompt=message.negative_prompt,
-        width=message.width,
-        height=message.height,
-        steps=message.steps,
-        cfg_scale=_optional(message, "cfg_scale"),
-        scheduler=message.scheduler,
-        seed=_optional(message, "seed"),
-        vae_key=message.vae_key,
-        loras=_loras(message),
         strength=_optional(message, "strength"),
     )
 

@@ -16,9 +16,8 @@ every event.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image
@@ -27,7 +26,7 @@ from services.common.errors import InvalidArgumentError, NotFoundError
 from services.common.event_bus import Delivery, follow
 from services.common.model_taxonomy import BaseModelType, ModelType, SubModelType
 from services.inference.events import (
-    EventContext,
+    Event,
     InferenceEvents,
     ModelLoadCompleted,
     ModelLoadFailed,
@@ -82,10 +81,9 @@ from services.inference.generation.work import (
     create_noise_work,
     decode_latents_work,
     denoise_latents_work,
+    diffusion_work,
     encode_image_work,
     encode_prompt_work,
-    image_to_image_work,
-    text_to_image_work,
     upscale_work,
 )
 from services.inference.model_loads import ModelLoadService
@@ -103,12 +101,10 @@ _MODEL_LOAD_EVENTS = (ModelLoadStarted, ModelLoadCompleted)
 
 
 @dataclass(frozen=True)
-class GenerationSnapshot:
+class GenerationSnapshot(Event):
     """A generation's whole state, sent first for each watched generation."""
 
     generation: Generation
-    context: EventContext
-    time: float = field(default_factory=time.time)
 
 
 @dataclass(frozen=True)
@@ -128,10 +124,10 @@ class WatchFilter:
         """Only `generation_ids` is set: the watch ends once they have all ended."""
         return bool(self.generation_ids) and not self.session_ids and not self.model_keys
 
-    def matches(self, event: Any) -> bool:
+    def matches(self, event: Event) -> bool:
         if self.empty:
             return True
-        context: EventContext = event.context
+        context = event.context
         if context.generation_id in self.generation_ids:
             return True
         if context.session_id and context.session_id in self.session_ids:
@@ -242,7 +238,7 @@ class Generations:
                 key=lambda g: g.create_time,
             )
             for generation in snapshot:
-                yield Delivery(GenerationSnapshot(generation, generation.context), 0)
+                yield Delivery(GenerationSnapshot(generation, context=generation.context), 0)
             unfinished = None
             if watch_filter.only_generations:
                 unfinished = {g.id for g in snapshot if not g.status.terminal}
@@ -271,10 +267,8 @@ class Generations:
 
     async def _prepare(self, request: GenerationRequest) -> _Prepared:
         match request:
-            case TextToImageRequest():
-                return await self._text_to_image(request)
-            case ImageToImageRequest():
-                return await self._image_to_image(request)
+            case TextToImageRequest() | ImageToImageRequest():
+                return await self._image(request)
             case UpscaleRequest():
                 return await self._upscale(request)
             case EncodePromptRequest():
@@ -288,46 +282,32 @@ class Generations:
             case EncodeImageRequest():
                 return await self._encode_image(request)
 
-    async def _text_to_image(self, request: TextToImageRequest) -> _Prepared:
-        params = TextToImageParams(
-            positive_prompt=request.positive_prompt,
-            negative_prompt=request.negative_prompt,
-            width=request.width,
-            height=request.height,
-            steps=request.steps or DEFAULT_STEPS,
-            cfg_scale=_cfg_scale(request.cfg_scale),
-            scheduler=request.scheduler or DEFAULT_SCHEDULER,
-            seed=random_seed() if request.seed is None else request.seed,
-        )
-        step_range = params.check(request.field)
-        loras = _check_lora_weights(request.loras, request.field)
-        main = await self._main_model(request.model_key, f"{request.field}.model_key")
-        vae = await self._vae(request.vae_key, main, f"{request.field}.vae_key")
-        await self._check_loras(request.loras, main, request.field)
-        work = text_to_image_work(self._shop, main, vae, loras, params)
-        return _Prepared(work, total_steps=step_range.count)
-
-    async def _image_to_image(self, request: ImageToImageRequest) -> _Prepared:
+    async def _image(self, request: TextToImageRequest | ImageToImageRequest) -> _Prepared:
+        """TextToImage, or ImageToImage with its initial image and strength."""
         field_name = request.field
-        image = await _decode_image(request.init_image_png, f"{field_name}.init_image_png")
-        params = ImageToImageParams(
+        fields: dict[str, Any] = dict(
             positive_prompt=request.positive_prompt,
             negative_prompt=request.negative_prompt,
-            init_image=image,
             width=request.width,
             height=request.height,
             steps=request.steps or DEFAULT_STEPS,
             cfg_scale=_cfg_scale(request.cfg_scale),
             scheduler=request.scheduler or DEFAULT_SCHEDULER,
             seed=random_seed() if request.seed is None else request.seed,
-            strength=DEFAULT_STRENGTH if request.strength is None else request.strength,
         )
+        params: TextToImageParams | ImageToImageParams
+        if isinstance(request, ImageToImageRequest):
+            image = await _decode_image(request.init_image_png, f"{field_name}.init_image_png")
+            strength = DEFAULT_STRENGTH if request.strength is None else request.strength
+            params = ImageToImageParams(**fields, init_image=image, strength=strength)
+        else:
+            params = TextToImageParams(**fields)
         step_range = params.check(field_name)
         loras = _check_lora_weights(request.loras, field_name)
         main = await self._main_model(request.model_key, f"{field_name}.model_key")
         vae = await self._vae(request.vae_key, main, f"{field_name}.vae_key")
         await self._check_loras(request.loras, main, field_name)
-        work = image_to_image_work(self._shop, main, vae, loras, params)
+        work = diffusion_work(self._shop, main, vae, loras, params)
         return _Prepared(work, total_steps=step_range.count)
 
     async def _upscale(self, request: UpscaleRequest) -> _Prepared:

@@ -1,7 +1,7 @@
 """Loading models by key: the model manager's record, the loader registry and the model
 cache put together, with the ModelLoad* events.
 
-This is what both ModelCacheService.LoadModel and generations call:
+This is what ModelCacheService.LoadModel calls:
 
     loaded = await model_loads.load(key, SubModelType.UNET, context)  # in the cache now
     with loaded.lock() as unet:   # (or `with loaded as unet:`) locked on the device
@@ -9,7 +9,9 @@ This is what both ModelCacheService.LoadModel and generations call:
 
 `load` returns once the model is in the cache; the lock moves it to the execution device
 and keeps it from being evicted until the block ends. A cache hit costs a record lookup
-and a dictionary access. Concurrent loads of the same model (or part) read it once.
+and a dictionary access. A generation looks each model's record up once (`record`) and
+loads its parts with `load_record`. Concurrent loads of the same model (or part) read it
+once.
 """
 
 from __future__ import annotations
@@ -129,14 +131,14 @@ class ModelLoadService:
         unreadable (MODEL_UNREADABLE); UNIMPLEMENTED no loader (NO_LOADER);
         RESOURCE_EXHAUSTED the model does not fit (OUT_OF_MEMORY).
         """
+        return await self.load_record(await self.record(key), submodel, context)
+
+    async def record(self, key: str) -> ModelRecord:
+        """The record of `key` as the model manager has it now. Errors: INVALID_ARGUMENT an
+        empty key, NOT_FOUND an unknown one, UNAVAILABLE the model manager is down."""
         if not key:
             raise InvalidArgumentError("key is required", field="key")
-        record = await self.records.get(key)
-        if self.options.convert_cache is None:
-            folder = await self.records.models_dir() / ".cache" / "convert"
-            cache = ConvertCache(folder, self._convert_cache_bytes)
-            self.options = replace(self.options, convert_cache=cache)
-        return await self.load_record(record, submodel, context)
+        return await self.records.get(key)
 
     async def load_record(
         self,
@@ -144,15 +146,25 @@ class ModelLoadService:
         submodel: SubModelType | None = None,
         context: EventContext = NO_CONTEXT,
     ) -> LoadedModel:
-        """`load` for a record already looked up."""
+        """`load` for a record already looked up (one lookup can serve every part of a
+        model); a cached entry read under another path or hash than `record`'s is read
+        again."""
+        if self.options.convert_cache is None:
+            folder = await self.records.models_dir() / ".cache" / "convert"
+            cache = ConvertCache(folder, self._convert_cache_bytes)
+            self.options = replace(self.options, convert_cache=cache)
         started = time.perf_counter()
         try:
             loader = self.registry.check_submodel(record, submodel)
         except EaselError as error:
-            self._events.publish(ModelLoadStarted(self._describe(record, submodel, None), context))
-            self._events.publish(ModelLoadFailed(record.key, submodel, error, context))
+            self._events.publish(
+                ModelLoadStarted(self._describe(record, submodel, None), context=context)
+            )
+            self._events.publish(ModelLoadFailed(record.key, submodel, error, context=context))
             raise
-        self._events.publish(ModelLoadStarted(self._describe(record, submodel, loader), context))
+        self._events.publish(
+            ModelLoadStarted(self._describe(record, submodel, loader), context=context)
+        )
         try:
             lock = self._loading.setdefault((record.key, submodel), asyncio.Lock())
             async with lock:
@@ -161,17 +173,17 @@ class ModelLoadService:
                 if entry is None:
                     entry = await asyncio.to_thread(self._read, record, submodel, loader)
         except EaselError as error:
-            self._events.publish(ModelLoadFailed(record.key, submodel, error, context))
+            self._events.publish(ModelLoadFailed(record.key, submodel, error, context=context))
             raise
         except Exception as error:
             log.exception("model load failed", key=record.key, submodel=submodel)
             failure = InternalError(f"loading model {record.key} failed: {error}")
-            self._events.publish(ModelLoadFailed(record.key, submodel, failure, context))
+            self._events.publish(ModelLoadFailed(record.key, submodel, failure, context=context))
             raise failure from error
         duration = time.perf_counter() - started
         self._events.publish(
             ModelLoadCompleted(
-                self._describe_entry(entry), entry.size_bytes, duration, hit, context
+                self._describe_entry(entry), entry.size_bytes, duration, hit, context=context
             )
         )
         return LoadedModel(entry, self.cache, hit, duration)

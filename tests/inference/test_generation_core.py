@@ -36,6 +36,7 @@ from services.inference.generation.operations import (
 from services.inference.generation.schedulers import SCHEDULERS, make_scheduler
 from services.inference.generation.upscale import check_scale, upscale
 from services.inference.generation.vae import decode_latents, encode_image, vae_scale_factor
+from tests.inference.images import gradient
 from tests.model_fixtures import ModelZoo
 
 SIZE = 64
@@ -95,20 +96,6 @@ def _i2i(init: Image.Image, **overrides: object) -> ImageToImageParams:
 
 def _pixels(image: Image.Image) -> np.ndarray:
     return np.asarray(image).astype(np.int16)
-
-
-def _init_image() -> Image.Image:
-    """A smooth colour gradient: far from what noise decodes to."""
-    ramp = np.linspace(0, 255, SIZE, dtype=np.float32)
-    array = np.stack(
-        [
-            np.add.outer(ramp, ramp) / 2,
-            np.tile(ramp, (SIZE, 1)),
-            255 - ramp[:, None].repeat(SIZE, 1),
-        ],
-        -1,
-    )
-    return Image.fromarray(array.astype(np.uint8))
 
 
 class _Counter:
@@ -245,7 +232,7 @@ def test_image_to_image_runs_floor_steps_x_strength_and_stays_closer_at_low_stre
 ) -> None:
     """Closeness is measured on the latents: this random VAE's decoder turns a latent
     change of 0.1 into a change of 40 levels, so pixels would compare only noise."""
-    init = _init_image()
+    init = gradient(SIZE)
     full = image_to_image(sd, _i2i(init, strength=1.0), counter.hooks())
     full_steps = len(counter.progress)
     counter.progress.clear()
@@ -281,7 +268,7 @@ def test_strength_0_7_of_10_steps_runs_7_and_denoise_latents_reproduces_it(
     building blocks with denoising_start = 1 - strength reproduce the pixels."""
     strength = float(np.float32(0.7))
     assert strength < 0.7
-    init = _init_image()
+    init = gradient(SIZE)
     params = _i2i(init, strength=strength, scheduler="euler_a")
     whole = image_to_image(sd, params, counter.hooks())
 
@@ -307,13 +294,13 @@ def test_strength_0_7_of_10_steps_runs_7_and_denoise_latents_reproduces_it(
 
 def test_strength_0_is_invalid_and_names_the_field(sd: DiffusionModel) -> None:
     with pytest.raises(InvalidArgumentError) as raised:
-        image_to_image(sd, _i2i(_init_image(), strength=0.0))
+        image_to_image(sd, _i2i(gradient(SIZE), strength=0.0))
     assert raised.value.violations[0].field == "image_to_image.strength"
 
 
 def test_a_strength_that_runs_no_step_is_invalid() -> None:
     with pytest.raises(InvalidArgumentError) as raised:
-        _i2i(_init_image(), steps=3, strength=0.3).check()
+        _i2i(gradient(SIZE), steps=3, strength=0.3).check()
     assert raised.value.violations[0].field == "image_to_image.strength"
 
 
@@ -397,15 +384,15 @@ def test_bad_requests_name_their_field() -> None:
     assert _field(_t2i(scheduler="lcm", steps=51).check) == "text_to_image.steps"
     assert _field(_t2i(cfg_scale=0.5).check) == "text_to_image.cfg_scale"
     assert _field(_t2i(scheduler="k_euler_x").check) == "text_to_image.scheduler"
-    assert _field(_i2i(_init_image().resize((60, 64)), width=0, height=0).check) == (
+    assert _field(_i2i(gradient(SIZE).resize((60, 64)), width=0, height=0).check) == (
         "image_to_image.init_image_png"
     )
     assert _field(lambda: decode_png(b"GIF89a....", "image_to_image.init_image_png")) == (
         "image_to_image.init_image_png"
     )
-    assert _field(lambda: decode_png(encode_png(_init_image())[:60], "encode_image.image_png")) == (
-        "encode_image.image_png"
-    )
+    assert _field(
+        lambda: decode_png(encode_png(gradient(SIZE))[:60], "encode_image.image_png")
+    ) == ("encode_image.image_png")
     assert _field(lambda: check_denoise_range(10, 0.5, 1.0, has_latents=False, field="d")) == (
         "d.denoising_start"
     )

@@ -27,6 +27,7 @@ from easel.model_manager.v1 import model_pb2 as m
 from easel.model_manager.v1 import model_record_service_pb2 as records_pb
 from services.common import errors
 from tests.conftest import SUITE_TOKEN
+from tests.inference.images import gradient
 from tests.inference.zoo import InferenceZoo
 from tests.processes import (
     ServiceProcess,
@@ -53,60 +54,44 @@ class Suite:
     keys: dict[str, str]
 
 
-def _register(client: EaselClient, name: str, path: Any, **fields: Any) -> str:
-    config = m.ModelConfig(name=name, path=str(path), **fields)
+def _register(
+    client: EaselClient, name: str, path: Any, base: int, type: int, **fields: Any
+) -> str:
+    config = m.ModelConfig(name=name, path=str(path), base=base, type=type, **fields)
     return client.model_records.CreateModel(records_pb.CreateModelRequest(model=config)).model.key
 
 
 def _register_models(client: EaselClient, zoo: InferenceZoo, missing: Any) -> dict[str, str]:
-    sd1 = dict(base=m.BASE_MODEL_TYPE_SD_1, type=m.MODEL_TYPE_MAIN)
+    sd1, any_base = m.BASE_MODEL_TYPE_SD_1, m.BASE_MODEL_TYPE_ANY
+    sd1_main = (sd1, m.MODEL_TYPE_MAIN)
     diffusers = dict(format=m.MODEL_FORMAT_DIFFUSERS, repo_variant=m.MODEL_REPO_VARIANT_DEFAULT)
     checkpoint = dict(format=m.MODEL_FORMAT_CHECKPOINT)
+    single_file = m.MainModelSettings(config_path=str(zoo.sd1_diffusers))
     return {
-        "sd1": _register(client, "sd1", zoo.sd1_diffusers, **sd1, **diffusers),
+        "sd1": _register(client, "sd1", zoo.sd1_diffusers, *sd1_main, **diffusers),
         "sd1_file": _register(
-            client,
-            "sd1 file",
-            zoo.sd1_single_file,
-            **sd1,
-            **checkpoint,
-            main=m.MainModelSettings(config_path=str(zoo.sd1_diffusers)),
+            client, "sd1 file", zoo.sd1_single_file, *sd1_main, **checkpoint, main=single_file
         ),
         "lora": _register(
-            client,
-            "lora",
-            zoo.tiny_lora,
-            base=m.BASE_MODEL_TYPE_SD_1,
-            type=m.MODEL_TYPE_LORA,
-            format=m.MODEL_FORMAT_LYCORIS,
+            client, "lora", zoo.tiny_lora, sd1, m.MODEL_TYPE_LORA, format=m.MODEL_FORMAT_LYCORIS
         ),
         "vae": _register(
-            client,
-            "vae",
-            zoo.vae_diffusers,
-            base=m.BASE_MODEL_TYPE_SD_1,
-            type=m.MODEL_TYPE_VAE,
-            format=m.MODEL_FORMAT_DIFFUSERS,
+            client, "vae", zoo.vae_diffusers, sd1, m.MODEL_TYPE_VAE, format=m.MODEL_FORMAT_DIFFUSERS
         ),
         "upscaler": _register(
             client,
             "x4",
             zoo.esrgan_x4,
-            base=m.BASE_MODEL_TYPE_ANY,
-            type=m.MODEL_TYPE_UPSCALER,
-            format=m.MODEL_FORMAT_CHECKPOINT,
+            any_base,
+            m.MODEL_TYPE_UPSCALER,
+            **checkpoint,
             upscaler=m.UpscalerSettings(scale=4),
         ),
-        "gone": _register(client, "gone", missing, **sd1, **diffusers),
+        "gone": _register(client, "gone", missing, *sd1_main, **diffusers),
         "no_loader": _register(
-            client,
-            "no loader",
-            zoo.sd1_diffusers_fp16,
-            base=m.BASE_MODEL_TYPE_ANY,
-            type=m.MODEL_TYPE_MAIN,
-            **diffusers,
+            client, "no loader", zoo.sd1_diffusers_fp16, any_base, m.MODEL_TYPE_MAIN, **diffusers
         ),
-        "too_big": _register(client, "too big", zoo.sparse_2g, **sd1, **checkpoint),
+        "too_big": _register(client, "too big", zoo.sparse_2g, *sd1_main, **checkpoint),
     }
 
 
@@ -179,20 +164,6 @@ def _png(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def _gradient(size: int = SIZE) -> bytes:
-    """A smooth colour gradient: far from what noise decodes to."""
-    ramp = np.linspace(0, 255, size, dtype=np.float32)
-    array = np.stack(
-        [
-            np.add.outer(ramp, ramp) / 2,
-            np.tile(ramp, (size, 1)),
-            255 - ramp[:, None].repeat(size, 1),
-        ],
-        -1,
-    )
-    return _png(Image.fromarray(array.astype(np.uint8)))
 
 
 def _locked(suite: Suite) -> list[tuple[str, int]]:
@@ -294,7 +265,7 @@ def test_building_blocks_give_the_pixels_of_text_to_image(suite: Suite) -> None:
 
 def test_image_to_image_runs_floor_steps_x_strength_and_its_blocks_match(suite: Suite) -> None:
     sd1, session = suite.keys["sd1"], "img2img"
-    init = _gradient()
+    init = _png(gradient(SIZE))
 
     def image_to_image(strength: float, steps: int = 10) -> pb.Generation:
         request = pb.ImageToImage(
@@ -532,7 +503,7 @@ def test_bad_requests_are_refused_naming_the_field_and_leave_nothing(suite: Suit
     generation = suite.client.generation
     generations_before = len(generation.ListGenerations(pb.ListGenerationsRequest()).generations)
     tensors_before = _tensor_names(suite)
-    image = _gradient()
+    image = _png(gradient(SIZE))
 
     def i2i(**fields: Any) -> dict[str, Any]:
         values = {"model_key": sd1, "init_image_png": image} | fields

@@ -38,6 +38,14 @@ def unet_output(unet: torch.nn.Module) -> torch.Tensor:
         return unet(sample, 10, encoder_hidden_states=context).sample
 
 
+def load_lora(path: Path, format: ModelFormat = ModelFormat.LYCORIS) -> LoraWeights:
+    return load(record(Path(path), type=ModelType.LORA, format=format)).model
+
+
+def load_embedding(path: Path, format: ModelFormat = ModelFormat.EMBEDDING_FILE):
+    return load(record(path, type=ModelType.TEXTUAL_INVERSION, format=format)).model
+
+
 @pytest.fixture
 def parts(zoo):
     main = record(zoo.sd1_diffusers)
@@ -46,7 +54,7 @@ def parts(zoo):
 
 @pytest.fixture
 def lora(zoo) -> LoraWeights:
-    return load(record(zoo.tiny_lora, type=ModelType.LORA, format=ModelFormat.LYCORIS)).model
+    return load_lora(zoo.tiny_lora)
 
 
 def test_original_layout_names_map_to_diffusers_modules():
@@ -89,11 +97,7 @@ def test_a_weight_of_zero_changes_nothing(parts, lora):
 
 def test_an_embedding_teaches_its_trigger_for_the_block_only(zoo, parts):
     tokenizer, encoder = parts[SubModelType.TOKENIZER], parts[TEXT]
-    vectors = load(
-        record(
-            zoo.tiny_embedding, type=ModelType.TEXTUAL_INVERSION, format=ModelFormat.EMBEDDING_FILE
-        )
-    ).model
+    vectors = load_embedding(zoo.tiny_embedding)
     before = snapshot(encoder)
     vocabulary = len(tokenizer)
     prompt = f"a {EMBEDDING_TRIGGER} cat"
@@ -113,27 +117,11 @@ def test_an_embedding_teaches_its_trigger_for_the_block_only(zoo, parts):
 
 
 def test_embedding_and_lora_files_of_every_format_load(zoo):
-    a1111 = load(
-        record(
-            zoo.sd1_embedding_pt,
-            type=ModelType.TEXTUAL_INVERSION,
-            format=ModelFormat.EMBEDDING_FILE,
-        )
-    ).model
+    a1111 = load_embedding(zoo.sd1_embedding_pt)
     assert a1111.vectors[TEXT].shape == (2, 768)
-    sdxl = load(
-        record(
-            zoo.sdxl_embedding, type=ModelType.TEXTUAL_INVERSION, format=ModelFormat.EMBEDDING_FILE
-        )
-    ).model
+    sdxl = load_embedding(zoo.sdxl_embedding)
     assert set(sdxl.vectors) == {TEXT, SubModelType.TEXT_ENCODER_2}
-    folder = load(
-        record(
-            zoo.embedding_folder,
-            type=ModelType.TEXTUAL_INVERSION,
-            format=ModelFormat.EMBEDDING_FOLDER,
-        )
-    ).model
+    folder = load_embedding(zoo.embedding_folder, ModelFormat.EMBEDDING_FOLDER)
     assert folder.vectors[TEXT].shape == (1, 768)
     for path, layers in (
         (zoo.sd1_loha, 1),
@@ -141,18 +129,9 @@ def test_embedding_and_lora_files_of_every_format_load(zoo):
         (zoo.sdxl_lora, 3),
         (zoo.sd1_lora_pickle, 2),
     ):
-        assert (
-            len(
-                load(
-                    record(Path(path), type=ModelType.LORA, format=ModelFormat.LYCORIS)
-                ).model.layers
-            )
-            == layers
-        )
-    peft = load(record(zoo.lora_diffusers, type=ModelType.LORA, format=ModelFormat.DIFFUSERS)).model
+        assert len(load_lora(path).layers) == layers
+    peft = load_lora(zoo.lora_diffusers, ModelFormat.DIFFUSERS)
     assert [layer.part for layer in peft.layers] == [UNET]
     for lora in (zoo.sd1_loha, zoo.sdxl_lokr):
-        for layer in load(
-            record(lora, type=ModelType.LORA, format=ModelFormat.LYCORIS)
-        ).model.layers:
+        for layer in load_lora(lora).layers:
             assert layer.delta().dim() == 2

@@ -8,15 +8,14 @@ routing context.
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 from PIL import Image
 
 from services.common.errors import EaselError
-from services.inference.events import NO_CONTEXT, EventContext
+from services.inference.events import Event, EventContext
 
 
 class GenerationStatus(StrEnum):
@@ -66,45 +65,33 @@ class Generation:
 
 
 @dataclass(frozen=True)
-class GenerationQueued:
+class GenerationQueued(Event):
     operation_kind: OperationKind
-    context: EventContext = NO_CONTEXT
-    time: float = field(default_factory=time.time)
 
 
 @dataclass(frozen=True)
-class GenerationStarted:
+class GenerationStarted(Event):
     operation_kind: OperationKind
     total_steps: int
-    context: EventContext = NO_CONTEXT
-    time: float = field(default_factory=time.time)
 
 
 @dataclass(frozen=True)
-class GenerationProgress:
+class GenerationProgress(Event):
     step: int
     total_steps: int
     preview: Image.Image | None = None
-    context: EventContext = NO_CONTEXT
-    time: float = field(default_factory=time.time)
 
 
 @dataclass(frozen=True)
-class GenerationCompleted:
+class GenerationCompleted(Event):
     result: Any
-    context: EventContext = NO_CONTEXT
-    time: float = field(default_factory=time.time)
 
 
 @dataclass(frozen=True)
-class GenerationFailed:
+class GenerationFailed(Event):
     error: EaselError
-    context: EventContext = NO_CONTEXT
-    time: float = field(default_factory=time.time)
 
 
 @dataclass(frozen=True)
-class GenerationCancelled:
+class GenerationCancelled(Event):
     step: int
-    context: EventContext = NO_CONTEXT
-    time: float = field(default_factory=time.time)

@@ -51,8 +51,8 @@ class DiffusionModel:
 
 
 @dataclass(frozen=True)
-class TextToImageParams:
-    """A text-to-image request; width and height 0 mean the model's native size."""
+class _ImageParams:
+    """What TextToImage and ImageToImage share."""
 
     positive_prompt: str
     negative_prompt: str
@@ -62,6 +62,11 @@ class TextToImageParams:
     cfg_scale: float
     scheduler: str
     seed: int
+
+
+@dataclass(frozen=True)
+class TextToImageParams(_ImageParams):
+    """A text-to-image request; width and height 0 mean the model's native size."""
 
     def check(self, field: str = "text_to_image") -> StepRange:
         """Raise for a bad field; the steps that will run."""
@@ -71,19 +76,11 @@ class TextToImageParams:
         return StepRange(steps=self.steps, first=0, stop=self.steps)
 
 
-@dataclass(frozen=True)
-class ImageToImageParams:
+@dataclass(frozen=True, kw_only=True)
+class ImageToImageParams(_ImageParams):
     """An image-to-image request; width and height 0 mean the initial image's size."""
 
-    positive_prompt: str
-    negative_prompt: str
     init_image: Image.Image
-    width: int
-    height: int
-    steps: int
-    cfg_scale: float
-    scheduler: str
-    seed: int
     strength: float
 
     def check(self, field: str = "image_to_image") -> StepRange:
@@ -175,26 +172,8 @@ def text_to_image(
 ) -> GeneratedImage:
     """An image from a prompt, starting from the seed's noise."""
     step_range = params.check()
-    height, width = (params.height, params.width) if params.width else model.native_size()
-    factor = vae_scale_factor(model.vae)
-    sampling = Sampling(params.scheduler, params.cfg_scale)
-    positive = encode_prompt(model.text_encoders, params.positive_prompt)
-    negative = (
-        encode_prompt(model.text_encoders, params.negative_prompt) if sampling.guided else None
-    )
-    noise = create_noise(params.seed, height // factor, width // factor)
-    latents = denoise_latents(
-        model.unet,
-        model.scheduler_config,
-        positive=positive,
-        negative=negative,
-        noise=noise,
-        step_range=step_range,
-        sampling=sampling,
-        image_size=(height, width),
-        hooks=hooks,
-    )
-    return GeneratedImage(decode_latents(model.vae, latents), params.seed)
+    size = (params.height, params.width) if params.width else model.native_size()
+    return _generate(model, params, step_range, size, None, hooks)
 
 
 def image_to_image(
@@ -206,13 +185,28 @@ def image_to_image(
     init_image = params.init_image
     if init_image.size != (width, height):
         init_image = init_image.resize((width, height), Image.Resampling.LANCZOS)
+    return _generate(model, params, step_range, (height, width), init_image, hooks)
+
+
+def _generate(
+    model: DiffusionModel,
+    params: _ImageParams,
+    step_range: StepRange,
+    size: tuple[int, int],
+    init_image: Image.Image | None,
+    hooks: StepHooks | None,
+) -> GeneratedImage:
+    """The blocks in a row: prompts encoded, the initial image (if any) encoded, the seed's
+    noise, the steps of `step_range` denoised, the latents decoded at `size` (height,
+    width)."""
+    height, width = size
     factor = vae_scale_factor(model.vae)
     sampling = Sampling(params.scheduler, params.cfg_scale)
     positive = encode_prompt(model.text_encoders, params.positive_prompt)
     negative = (
         encode_prompt(model.text_encoders, params.negative_prompt) if sampling.guided else None
     )
-    init_latents = encode_image(model.vae, init_image)
+    init_latents = encode_image(model.vae, init_image) if init_image is not None else None
     noise = create_noise(params.seed, height // factor, width // factor)
     latents = denoise_latents(
         model.unet,
@@ -223,7 +217,7 @@ def image_to_image(
         step_range=step_range,
         sampling=sampling,
         latents=init_latents,
-        image_size=(height, width),
+        image_size=size,
         hooks=hooks,
     )
     return GeneratedImage(decode_latents(model.vae, latents), params.seed)

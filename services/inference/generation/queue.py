@@ -103,7 +103,7 @@ class GenerationQueue:
             if not job.generation.status.terminal:
                 self._finish(job, GenerationStatus.CANCELLED)
                 self._events.publish(
-                    GenerationCancelled(job.generation.step, job.generation.context)
+                    GenerationCancelled(job.generation.step, context=job.generation.context)
                 )
 
     # --- requests -----------------------------------------------------------------------
@@ -136,7 +136,7 @@ class GenerationQueue:
         self._prune()
         self._jobs[generation_id] = _Job(generation, work, inputs, preview)
         self._pending.append(generation_id)
-        self._events.publish(GenerationQueued(kind, context))
+        self._events.publish(GenerationQueued(kind, context=context))
         self._changed.notify()
         return generation
 
@@ -167,7 +167,7 @@ class GenerationQueue:
             )
         if status is GenerationStatus.QUEUED:
             self._finish(job, GenerationStatus.CANCELLED)
-            self._events.publish(GenerationCancelled(0, job.generation.context))
+            self._events.publish(GenerationCancelled(0, context=job.generation.context))
         elif status is GenerationStatus.RUNNING:
             job.cancel_requested = True
         return job.generation
@@ -192,14 +192,18 @@ class GenerationQueue:
         generation = job.generation
         job.update(status=GenerationStatus.RUNNING, start_time=self._clock())
         self._events.publish(
-            GenerationStarted(generation.operation_kind, generation.total_steps, generation.context)
+            GenerationStarted(
+                generation.operation_kind, generation.total_steps, context=generation.context
+            )
         )
         self._changed.notify()
         try:
             result = await asyncio.to_thread(job.work, self._hooks(job))
         except OperationCancelledError:
             self._finish(job, GenerationStatus.CANCELLED)
-            self._events.publish(GenerationCancelled(job.generation.step, generation.context))
+            self._events.publish(
+                GenerationCancelled(job.generation.step, context=generation.context)
+            )
         except EaselError as error:
             self._fail(job, error)
         except Exception as error:
@@ -209,10 +213,12 @@ class GenerationQueue:
             if job.cancel_requested:  # a step-less operation ended after the request
                 self._discard(result)
                 self._finish(job, GenerationStatus.CANCELLED)
-                self._events.publish(GenerationCancelled(job.generation.step, generation.context))
+                self._events.publish(
+                    GenerationCancelled(job.generation.step, context=generation.context)
+                )
             else:
                 self._finish(job, GenerationStatus.COMPLETED, result=result)
-                self._events.publish(GenerationCompleted(result, generation.context))
+                self._events.publish(GenerationCompleted(result, context=generation.context))
 
     def _hooks(self, job: _Job) -> StepHooks:
         context = job.generation.context
@@ -220,7 +226,9 @@ class GenerationQueue:
         def on_progress(progress: Progress) -> None:
             job.update(step=progress.step, total_steps=progress.total_steps)
             self._events.publish(
-                GenerationProgress(progress.step, progress.total_steps, progress.preview, context)
+                GenerationProgress(
+                    progress.step, progress.total_steps, progress.preview, context=context
+                )
             )
 
         return StepHooks(
@@ -247,7 +255,7 @@ class GenerationQueue:
 
     def _fail(self, job: _Job, error: EaselError) -> None:
         self._finish(job, GenerationStatus.ERROR, error=error)
-        self._events.publish(GenerationFailed(error, job.generation.context))
+        self._events.publish(GenerationFailed(error, context=job.generation.context))
 
     def _finish(self, job: _Job, status: GenerationStatus, **changes: Any) -> None:
         job.update(status=status, end_time=self._clock(), **changes)

@@ -2,8 +2,8 @@
 
 One class per operation, with the fields of its request; a field left at its neutral
 value (0, None, "") takes the documented default when the generation is prepared. Each
-class knows its operation kind and the request field it arrives in (`text_to_image`,
-...), which prefixes the field names in errors (`text_to_image.width`).
+class knows its operation kind, whose value is the request field it arrives in
+(`text_to_image`, ...) and prefixes the field names in errors (`text_to_image.width`).
 """
 
 from __future__ import annotations
@@ -29,9 +29,18 @@ class LoraRef:
 
 
 @dataclass(frozen=True)
-class TextToImageRequest:
-    kind: ClassVar = OperationKind.TEXT_TO_IMAGE
-    field: ClassVar = "text_to_image"
+class _Request:
+    kind: ClassVar[OperationKind]
+
+    @property
+    def field(self) -> str:
+        """The request field the operation arrives in: its kind's value."""
+        return self.kind.value
+
+
+@dataclass(frozen=True)
+class _ImageRequest(_Request):
+    """The fields TextToImage and ImageToImage share."""
 
     model_key: str
     positive_prompt: str = ""
@@ -47,29 +56,21 @@ class TextToImageRequest:
 
 
 @dataclass(frozen=True)
-class ImageToImageRequest:
-    kind: ClassVar = OperationKind.IMAGE_TO_IMAGE
-    field: ClassVar = "image_to_image"
+class TextToImageRequest(_ImageRequest):
+    kind: ClassVar = OperationKind.TEXT_TO_IMAGE
 
-    model_key: str
+
+@dataclass(frozen=True, kw_only=True)
+class ImageToImageRequest(_ImageRequest):
+    kind: ClassVar = OperationKind.IMAGE_TO_IMAGE
+
     init_image_png: bytes
-    positive_prompt: str = ""
-    negative_prompt: str = ""
-    width: int = 0
-    height: int = 0
-    steps: int = 0
-    cfg_scale: float | None = None
-    scheduler: str = ""
-    seed: int | None = None
-    vae_key: str = ""
-    loras: tuple[LoraRef, ...] = ()
     strength: float | None = None
 
 
 @dataclass(frozen=True)
-class UpscaleRequest:
+class UpscaleRequest(_Request):
     kind: ClassVar = OperationKind.UPSCALE
-    field: ClassVar = "upscale"
 
     upscaler_model_key: str
     image_png: bytes
@@ -77,9 +78,8 @@ class UpscaleRequest:
 
 
 @dataclass(frozen=True)
-class EncodePromptRequest:
+class EncodePromptRequest(_Request):
     kind: ClassVar = OperationKind.ENCODE_PROMPT
-    field: ClassVar = "encode_prompt"
 
     model_key: str
     prompt: str = ""
@@ -87,9 +87,8 @@ class EncodePromptRequest:
 
 
 @dataclass(frozen=True)
-class CreateNoiseRequest:
+class CreateNoiseRequest(_Request):
     kind: ClassVar = OperationKind.CREATE_NOISE
-    field: ClassVar = "create_noise"
 
     width: int
     height: int
@@ -97,9 +96,8 @@ class CreateNoiseRequest:
 
 
 @dataclass(frozen=True)
-class DenoiseLatentsRequest:
+class DenoiseLatentsRequest(_Request):
     kind: ClassVar = OperationKind.DENOISE_LATENTS
-    field: ClassVar = "denoise_latents"
 
     model_key: str
     positive_conditioning: str
@@ -115,18 +113,16 @@ class DenoiseLatentsRequest:
 
 
 @dataclass(frozen=True)
-class DecodeLatentsRequest:
+class DecodeLatentsRequest(_Request):
     kind: ClassVar = OperationKind.DECODE_LATENTS
-    field: ClassVar = "decode_latents"
 
     latents: str
     model_key: str
 
 
 @dataclass(frozen=True)
-class EncodeImageRequest:
+class EncodeImageRequest(_Request):
     kind: ClassVar = OperationKind.ENCODE_IMAGE
-    field: ClassVar = "encode_image"
 
     image_png: bytes
     model_key: str

@@ -41,7 +41,8 @@ from services.inference.generation.step_range import StepRange
 from services.inference.generation.upscale import upscale
 from services.inference.generation.vae import decode_latents, encode_image
 from services.inference.loading.lora import applied_loras
-from services.inference.model_loads import ModelLoadService
+from services.inference.model_loads import LoadedModel, ModelLoadService
+from services.inference.model_records import ModelRecord
 from services.inference.tensors.store import TensorInfo, TensorKind, TensorStore
 
 Work = Callable[[StepHooks], Any]
@@ -97,19 +98,32 @@ class Workshop:
 
 
 class ModelLocks:
-    """The models of one piece of work, loaded by key and locked on `stack` until it
-    closes. The main model's UNet and text encoders locked here are what LoRAs patch."""
+    """The models of one piece of work, loaded and locked on `stack` until it closes.
+
+    Each model's record is looked up once, when the work first needs the model, and serves
+    for all its parts (one model manager call per model, not per part). It is looked up
+    when the work runs, not when the generation was created: a model whose record changed
+    while the generation waited loads as it is now, and the cache reads again what it
+    holds of the old files. The main model's UNet and text encoders locked here are what
+    LoRAs patch."""
 
     def __init__(self, shop: Workshop, context: EventContext, stack: ExitStack) -> None:
         self._shop = shop
         self._context = context
         self._stack = stack
+        self._records: dict[str, ModelRecord] = {}
         self._lora_targets: dict[SubModelType, torch.nn.Module] = {}
 
     def lock(self, part: ModelPart) -> Any:
-        load = self._shop.loads.load(part.key, part.submodel, self._context)
-        loaded = asyncio.run_coroutine_threadsafe(load, self._shop.loop).result()
+        loaded = asyncio.run_coroutine_threadsafe(self._load(part), self._shop.loop).result()
         return self._stack.enter_context(loaded.lock())
+
+    async def _load(self, part: ModelPart) -> LoadedModel:
+        loads = self._shop.loads
+        record = self._records.get(part.key)
+        if record is None:
+            record = self._records[part.key] = await loads.record(part.key)
+        return await loads.load_record(record, part.submodel, self._context)
 
     def unet(self, main: MainModel) -> Any:
         unet = self.lock(ModelPart(main.key, SubModelType.UNET))
@@ -170,39 +184,23 @@ def _store(
     )
 
 
-def text_to_image_work(
+def diffusion_work(
     shop: Workshop,
     main: MainModel,
     vae: ModelPart,
     loras: Sequence[tuple[str, float]],
-    params: TextToImageParams,
+    params: TextToImageParams | ImageToImageParams,
 ) -> Work:
+    """TextToImage, or ImageToImage for ImageToImageParams."""
+    operation = image_to_image if isinstance(params, ImageToImageParams) else text_to_image
+
     def work(hooks: StepHooks) -> ImageResult:
         with ExitStack() as stack:
             models = ModelLocks(shop, hooks.context, stack)
             model = models.diffusion_model(main, vae)
             models.apply_loras(loras)
             _stop_if_cancelled(hooks)
-            generated = text_to_image(model, params, hooks)
-        return _image_result(generated.image, generated.seed)
-
-    return work
-
-
-def image_to_image_work(
-    shop: Workshop,
-    main: MainModel,
-    vae: ModelPart,
-    loras: Sequence[tuple[str, float]],
-    params: ImageToImageParams,
-) -> Work:
-    def work(hooks: StepHooks) -> ImageResult:
-        with ExitStack() as stack:
-            models = ModelLocks(shop, hooks.context, stack)
-            model = models.diffusion_model(main, vae)
-            models.apply_loras(loras)
-            _stop_if_cancelled(hooks)
-            generated = image_to_image(model, params, hooks)
+            generated = operation(model, params, hooks)
         return _image_result(generated.image, generated.seed)
 
     return work
