@@ -99,6 +99,7 @@ def _image_fields(message: pb.TextToImage | pb.ImageToImage) -> dict[str, Any]:
         seed=_optional(message, "seed"),
         vae_key=message.vae_key,
         loras=_loras(message),
+        embedding_keys=tuple(message.embedding_keys),
     )
 
 
@@ -124,7 +125,10 @@ def _upscale(message: pb.Upscale) -> UpscaleRequest:
 
 def _encode_prompt(message: pb.EncodePrompt) -> EncodePromptRequest:
     return EncodePromptRequest(
-        model_key=message.model_key, prompt=message.prompt, loras=_loras(message)
+        model_key=message.model_key,
+        prompt=message.prompt,
+        loras=_loras(message),
+        embedding_keys=tuple(message.embedding_keys),
     )
 
 

@@ -4,8 +4,10 @@ work, the queue's generations, and the watch over the process's events.
 `create` checks everything it can before queueing, so a rejected request leaves nothing
 behind: the request's fields, its images (decoded off the event loop), its models (each
 key looked up in the model manager and of the type its field takes: a LoRA is no main
-model) and its input tensors (present and of the right kind). What only running shows
-(files missing, no loader, out of memory) ends the generation in ERROR instead.
+model; LoRAs and embeddings of the main model's base) and its input tensors (present and
+of the right kind). An embedding's trigger is fixed here, from its record's name. What
+only running shows (files missing, no loader, out of memory, an embedding's vectors that
+do not fit the text encoders) ends the generation in ERROR instead.
 
 Watch filter: an event passes when it matches at least one non-empty field of the filter
 (any of the values within a field): its generation is in `generation_ids`, its session in
@@ -74,6 +76,7 @@ from services.inference.generation.schedulers import DEFAULT_SCHEDULER
 from services.inference.generation.upscale import check_scale
 from services.inference.generation.work import (
     DenoiseInputs,
+    EmbeddingRef,
     MainModel,
     ModelPart,
     Work,
@@ -92,6 +95,8 @@ from services.inference.tensors.store import TensorKind, TensorStore
 
 WRONG_MODEL_TYPE = "WRONG_MODEL_TYPE"
 WRONG_TENSOR_KIND = "WRONG_TENSOR_KIND"
+BASE_MISMATCH = "BASE_MISMATCH"
+DUPLICATE_TRIGGER = "DUPLICATE_TRIGGER"
 LATENT_FACTOR = 8
 """Pixels per latent along each side, as CreateNoise shapes its noise."""
 
@@ -307,7 +312,8 @@ class Generations:
         main = await self._main_model(request.model_key, f"{field_name}.model_key")
         vae = await self._vae(request.vae_key, main, f"{field_name}.vae_key")
         await self._check_loras(request.loras, main, field_name)
-        work = diffusion_work(self._shop, main, vae, loras, params)
+        embeddings = await self._embeddings(request.embedding_keys, main, field_name)
+        work = diffusion_work(self._shop, main, vae, loras, params, embeddings)
         return _Prepared(work, total_steps=step_range.count)
 
     async def _upscale(self, request: UpscaleRequest) -> _Prepared:
@@ -323,7 +329,9 @@ class Generations:
         loras = _check_lora_weights(request.loras, request.field)
         main = await self._main_model(request.model_key, f"{request.field}.model_key")
         await self._check_loras(request.loras, main, request.field)
-        return _Prepared(encode_prompt_work(self._shop, main, request.prompt, loras))
+        embeddings = await self._embeddings(request.embedding_keys, main, request.field)
+        work = encode_prompt_work(self._shop, main, request.prompt, loras, embeddings)
+        return _Prepared(work)
 
     def _create_noise(self, request: CreateNoiseRequest) -> _Prepared:
         check_size(request.width, request.height, request.field, allow_native=False)
@@ -433,9 +441,39 @@ class Generations:
                     f"LoRA {lora.model_key} is for {record.base} models, the main model is "
                     f"{main.base}",
                     field=key_field,
-                    reason="BASE_MISMATCH",
+                    reason=BASE_MISMATCH,
                     metadata={"key": lora.model_key, "base": str(record.base)},
                 )
+
+    async def _embeddings(
+        self, keys: Iterable[str], main: MainModel, field: str
+    ) -> list[EmbeddingRef]:
+        """Each key's textual inversion, for the main model's base, with its trigger: the
+        record's name in angle brackets, which no other embedding of the request shares
+        (compared without case: CLIP's tokenizer lowercases the tokens it learns)."""
+        embeddings: list[EmbeddingRef] = []
+        triggers: set[str] = set()
+        for index, key in enumerate(keys):
+            key_field = f"{field}.embedding_keys[{index}]"
+            record = await self._record(key, key_field, ModelType.TEXTUAL_INVERSION)
+            if record.base not in (main.base, BaseModelType.ANY):
+                raise InvalidArgumentError(
+                    f"embedding {key} is for {record.base} models, the main model is {main.base}",
+                    field=key_field,
+                    reason=BASE_MISMATCH,
+                    metadata={"key": key, "base": str(record.base)},
+                )
+            trigger = f"<{record.name}>"
+            if trigger.lower() in triggers:
+                raise InvalidArgumentError(
+                    f"embedding {key} has the trigger {trigger} of an earlier embedding",
+                    field=key_field,
+                    reason=DUPLICATE_TRIGGER,
+                    metadata={"key": key, "trigger": trigger},
+                )
+            triggers.add(trigger.lower())
+            embeddings.append(EmbeddingRef(key, trigger, key_field))
+        return embeddings
 
     def _check_tensor(self, name: str, kind: TensorKind, operation: str, field_name: str):
         """The shape of tensor `name`, which must exist and be of `kind`."""

@@ -28,7 +28,7 @@ from easel.model_manager.v1 import model_record_service_pb2 as records_pb
 from services.common import errors
 from tests.conftest import SUITE_TOKEN
 from tests.inference.images import gradient
-from tests.inference.zoo import InferenceZoo
+from tests.inference.zoo import EMBEDDING_TRIGGER, InferenceZoo
 from tests.processes import (
     ServiceProcess,
     client_settings,
@@ -67,6 +67,7 @@ def _register_models(client: EaselClient, zoo: InferenceZoo, missing: Any) -> di
     diffusers = dict(format=m.MODEL_FORMAT_DIFFUSERS, repo_variant=m.MODEL_REPO_VARIANT_DEFAULT)
     checkpoint = dict(format=m.MODEL_FORMAT_CHECKPOINT)
     single_file = m.MainModelSettings(config_path=str(zoo.sd1_diffusers))
+    embedding = dict(type=m.MODEL_TYPE_TEXTUAL_INVERSION, format=m.MODEL_FORMAT_EMBEDDING_FILE)
     return {
         "sd1": _register(client, "sd1", zoo.sd1_diffusers, *sd1_main, **diffusers),
         "sd1_file": _register(
@@ -75,6 +76,13 @@ def _register_models(client: EaselClient, zoo: InferenceZoo, missing: Any) -> di
         "lora": _register(
             client, "lora", zoo.tiny_lora, sd1, m.MODEL_TYPE_LORA, format=m.MODEL_FORMAT_LYCORIS
         ),
+        # Named so that its trigger is EMBEDDING_TRIGGER.
+        "embedding": _register(client, "tiny-style", zoo.tiny_embedding, sd1, **embedding),
+        "sdxl_embedding": _register(
+            client, "sdxl-style", zoo.sdxl_embedding, m.BASE_MODEL_TYPE_SDXL, **embedding
+        ),
+        # 1024-wide vectors recorded as fitting any base: the sd-1 text encoder takes 768.
+        "wide_embedding": _register(client, "wide", zoo.sd2_embedding, any_base, **embedding),
         "vae": _register(
             client, "vae", zoo.vae_diffusers, sd1, m.MODEL_TYPE_VAE, format=m.MODEL_FORMAT_DIFFUSERS
         ),
@@ -325,6 +333,104 @@ def test_a_lora_changes_the_pixels_of_its_generation_only(suite: Suite) -> None:
     assert not np.array_equal(_pixels(patched), _pixels(plain))
     assert np.array_equal(_pixels(no_effect), _pixels(plain))
     assert np.array_equal(_pixels(after), _pixels(plain))  # the cached weights are as before
+    assert _locked(suite) == []
+
+
+def test_an_embedding_changes_the_pixels_where_its_trigger_is_and_only_there(
+    suite: Suite,
+) -> None:
+    sd1, embedding = suite.keys["sd1"], suite.keys["embedding"]
+    triggered = f"a {EMBEDDING_TRIGGER} cat"
+
+    def t2i(**fields: Any) -> np.ndarray:
+        return _pixels(_run(suite, text_to_image=_text_to_image(sd1, seed=4, **fields)))
+
+    plain = t2i(positive_prompt=triggered)  # the trigger read as plain text
+    taught = t2i(positive_prompt=triggered, embedding_keys=[embedding])
+    in_negative = t2i(negative_prompt=EMBEDDING_TRIGGER, embedding_keys=[embedding])
+    untriggered = t2i(embedding_keys=[embedding])
+    after = t2i(positive_prompt=triggered)
+
+    assert not np.array_equal(taught, plain)
+    assert not np.array_equal(in_negative, t2i(negative_prompt=EMBEDDING_TRIGGER))
+    assert np.array_equal(untriggered, t2i())  # named but not triggered: no effect
+    assert np.array_equal(after, plain)  # the cached tokenizer and encoder are as before
+    assert _locked(suite) == []
+
+    # The building blocks with the embedding give the pixels of TextToImage with it.
+    encoded = [
+        _tensor(
+            suite,
+            encode_prompt=pb.EncodePrompt(model_key=sd1, prompt=text, embedding_keys=keys),
+        )
+        for text, keys in ((triggered, [embedding]), ("the", []))
+    ]
+    noise = _tensor(suite, create_noise=pb.CreateNoise(seed=4, width=SIZE, height=SIZE))
+    denoise = pb.DenoiseLatents(
+        model_key=sd1,
+        positive_conditioning=encoded[0],
+        negative_conditioning=encoded[1],
+        noise=noise,
+        steps=STEPS,
+    )
+    latents = _tensor(suite, denoise_latents=denoise)
+    decoded = _run(suite, decode_latents=pb.DecodeLatents(latents=latents, model_key=sd1))
+    assert np.array_equal(_pixels(decoded), taught)
+
+
+def test_embedding_keys_that_cannot_serve_are_refused_or_fail_leaving_nothing(
+    suite: Suite,
+) -> None:
+    sd1, lora = suite.keys["sd1"], suite.keys["lora"]
+    embedding, sdxl_embedding = suite.keys["embedding"], suite.keys["sdxl_embedding"]
+    generation = suite.client.generation
+    generations_before = len(generation.ListGenerations(pb.ListGenerationsRequest()).generations)
+    image = _png(gradient(SIZE))
+    refused = [
+        (
+            {"text_to_image": _text_to_image(sd1, embedding_keys=[sd1])},
+            "text_to_image.embedding_keys[0]",
+            "WRONG_MODEL_TYPE",
+        ),
+        (
+            {
+                "image_to_image": pb.ImageToImage(
+                    model_key=sd1, init_image_png=image, embedding_keys=[embedding, lora]
+                )
+            },
+            "image_to_image.embedding_keys[1]",
+            "WRONG_MODEL_TYPE",
+        ),
+        (
+            {"encode_prompt": pb.EncodePrompt(model_key=sd1, embedding_keys=[sdxl_embedding])},
+            "encode_prompt.embedding_keys[0]",
+            "BASE_MISMATCH",
+        ),
+        (
+            {"text_to_image": _text_to_image(sd1, embedding_keys=[embedding, embedding])},
+            "text_to_image.embedding_keys[1]",
+            "DUPLICATE_TRIGGER",
+        ),
+    ]
+    for operation, field, reason in refused:
+        with pytest.raises(errors.InvalidArgumentError) as caught:
+            _create(suite, **operation)
+        assert (caught.value.violations[0].field, caught.value.reason) == (field, reason)
+    with pytest.raises(errors.NotFoundError):
+        _create(suite, text_to_image=_text_to_image(sd1, embedding_keys=["no-such-model"]))
+    after = generation.ListGenerations(pb.ListGenerationsRequest()).generations
+    assert len(after) == generations_before
+
+    # Vectors of the wrong width only show when the work loads them.
+    wide = _text_to_image(sd1, positive_prompt="a <wide> cat")
+    wide.embedding_keys.append(suite.keys["wide_embedding"])
+    failed = _wait(suite, _create(suite, text_to_image=wide).id)
+    assert failed.status == pb.GENERATION_STATUS_ERROR
+    assert (failed.error_type, failed.error_code) == (
+        "EMBEDDING_INCOMPATIBLE",
+        grpc.StatusCode.INVALID_ARGUMENT.value[0],
+    )
+    assert "text_to_image.embedding_keys[0]" in failed.error
     assert _locked(suite) == []
 
 

@@ -8,7 +8,7 @@ is what marks that style.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,12 +18,18 @@ EMBEDS = "embeds"
 POOLED = "pooled"
 
 
+def _as_written(prompt: str) -> str:
+    return prompt
+
+
 @dataclass(frozen=True)
 class TextEncoder:
-    """A tokenizer and the text encoder it feeds."""
+    """A tokenizer and the text encoder it feeds; `expand_prompt` rewrites a prompt before
+    tokenizing (textual-inversion triggers spelt as the tokens this tokenizer learnt)."""
 
     tokenizer: Any
     model: Any
+    expand_prompt: Callable[[str], str] = _as_written
 
 
 @dataclass(frozen=True)
@@ -66,7 +72,7 @@ def encode_prompt(encoders: Sequence[TextEncoder], prompt: str) -> Conditioning:
         raise ValueError("encode_prompt needs at least one text encoder")
     if len(encoders) == 1 and not _has_projection(encoders[0].model):
         encoder = encoders[0]
-        tokens = _tokens(encoder.tokenizer, prompt)
+        tokens = _tokens(encoder.tokenizer, encoder.expand_prompt(prompt))
         device = encoder.model.device
         mask = None
         if getattr(encoder.model.config, "use_attention_mask", False):
@@ -76,7 +82,8 @@ def encode_prompt(encoders: Sequence[TextEncoder], prompt: str) -> Conditioning:
     hidden: list[torch.Tensor] = []
     pooled: torch.Tensor | None = None
     for encoder in encoders:
-        ids = _tokens(encoder.tokenizer, prompt).input_ids.to(encoder.model.device)
+        text = encoder.expand_prompt(prompt)
+        ids = _tokens(encoder.tokenizer, text).input_ids.to(encoder.model.device)
         output = encoder.model(ids, output_hidden_states=True)
         if output[0].ndim == 2:
             pooled = output[0]

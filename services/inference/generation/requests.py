@@ -53,6 +53,7 @@ class _ImageRequest(_Request):
     seed: int | None = None
     vae_key: str = ""
     loras: tuple[LoraRef, ...] = ()
+    embedding_keys: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,7 @@ class EncodePromptRequest(_Request):
     model_key: str
     prompt: str = ""
     loras: tuple[LoraRef, ...] = ()
+    embedding_keys: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

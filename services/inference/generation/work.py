@@ -3,10 +3,11 @@ the models it needs loaded by key, locked while it computes and released after i
 
 Models load through the model load service on the event loop (`ModelLocks` hands each
 load to the loop and waits for it), so a generation's loads publish their ModelLoad*
-events with the generation's context like any other load. Every lock, and every LoRA
-patch, is held on one exit stack that the work leaves however it ends (result, error,
-cancellation): no lock or patch outlives the work. A main model's UNet is loaded first:
-it is the largest part, so a model that cannot fit fails before anything else is read.
+events with the generation's context like any other load. Every lock, every LoRA patch
+and every taught embedding is held on one exit stack that the work leaves however it
+ends (result, error, cancellation): no lock or patch outlives the work. A main model's
+UNet is loaded first: it is the largest part, so a model that cannot fit fails before
+anything else is read.
 
 Image results are encoded as PNG here, in the worker thread; tensor results go into the
 tensor store under the generation's id and session.
@@ -23,7 +24,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from services.common.errors import OperationCancelledError
+from services.common.errors import InvalidArgumentError, OperationCancelledError
 from services.common.model_taxonomy import BaseModelType, SubModelType
 from services.inference.events import EventContext
 from services.inference.generation.conditioning import Conditioning, TextEncoder, encode_prompt
@@ -41,6 +42,11 @@ from services.inference.generation.step_range import StepRange
 from services.inference.generation.upscale import upscale
 from services.inference.generation.vae import decode_latents, encode_image
 from services.inference.loading.lora import applied_loras
+from services.inference.loading.textual_inversion import (
+    EMBEDDING_INCOMPATIBLE,
+    TextualInversion,
+    applied_embeddings,
+)
 from services.inference.model_loads import LoadedModel, ModelLoadService
 from services.inference.model_records import ModelRecord
 from services.inference.tensors.store import TensorInfo, TensorKind, TensorStore
@@ -88,6 +94,16 @@ class ModelPart:
 
 
 @dataclass(frozen=True)
+class EmbeddingRef:
+    """A textual inversion by model key, with its trigger and the request field that
+    named it (errors found while running name it too)."""
+
+    key: str
+    trigger: str
+    field: str
+
+
+@dataclass(frozen=True)
 class Workshop:
     """What every piece of work uses: the model loads, the tensor store and the event loop
     that loads run on."""
@@ -130,22 +146,39 @@ class ModelLocks:
         self._lora_targets[SubModelType.UNET] = unet
         return unet
 
-    def text_encoders(self, main: MainModel) -> list[TextEncoder]:
-        encoders = []
+    def text_encoders(
+        self, main: MainModel, embeddings: Sequence[EmbeddingRef] = ()
+    ) -> list[TextEncoder]:
+        """The main model's tokenizers and text encoders, each taught `embeddings` until
+        the stack closes (a copy of the tokenizer learns the triggers' tokens)."""
+        pairs = []
         for tokenizer, encoder in _TEXT_ENCODERS.get(main.base, (_FIRST_ENCODER,)):
             model = self.lock(ModelPart(main.key, encoder))
             self._lora_targets[encoder] = model
-            encoders.append(TextEncoder(self.lock(ModelPart(main.key, tokenizer)), model))
-        return encoders
+            pairs.append((encoder, self.lock(ModelPart(main.key, tokenizer)), model))
+        if not embeddings:
+            return [TextEncoder(tokenizer, model) for _, tokenizer, model in pairs]
+        learnt = [(ref, self.lock(ModelPart(ref.key))) for ref in embeddings]
+        taught = []
+        for part, tokenizer, model in pairs:
+            vectors = [
+                (ref.trigger, _vectors_for(ref, inversion, part, model))
+                for ref, inversion in learnt
+            ]
+            embedded = self._stack.enter_context(applied_embeddings(tokenizer, model, vectors))
+            taught.append(TextEncoder(embedded.tokenizer, model, embedded.expand))
+        return taught
 
     def scheduler_config(self, main: MainModel) -> dict[str, Any]:
         return self.lock(ModelPart(main.key, SubModelType.SCHEDULER))
 
-    def diffusion_model(self, main: MainModel, vae: ModelPart) -> DiffusionModel:
+    def diffusion_model(
+        self, main: MainModel, vae: ModelPart, embeddings: Sequence[EmbeddingRef] = ()
+    ) -> DiffusionModel:
         unet = self.unet(main)
         return DiffusionModel(
             unet=unet,
-            text_encoders=self.text_encoders(main),
+            text_encoders=self.text_encoders(main, embeddings),
             scheduler_config=self.scheduler_config(main),
             vae=self.lock(vae),
         )
@@ -157,6 +190,26 @@ class ModelLocks:
             return
         weights = [(self.lock(ModelPart(key)), weight) for key, weight in loras]
         self._stack.enter_context(applied_loras(dict(self._lora_targets), weights))
+
+
+def _vectors_for(
+    ref: EmbeddingRef, inversion: TextualInversion, part: SubModelType, encoder: Any
+) -> torch.Tensor:
+    """The embedding's vectors for the text encoder `part`, which must be of its width
+    (INVALID_ARGUMENT EMBEDDING_INCOMPATIBLE naming the request field otherwise)."""
+    width = encoder.get_input_embeddings().embedding_dim
+    vectors = inversion.vectors.get(part)
+    if vectors is not None and vectors.shape[-1] == width:
+        return vectors
+    carried = ", ".join(f"{p}: {v.shape[-1]}" for p, v in inversion.vectors.items())
+    raise InvalidArgumentError(
+        f"{ref.field}: embedding {ref.key} ({ref.trigger}) has no vectors for the main "
+        f"model's {part}, which takes {width}-wide vectors (the embedding's widths: "
+        f"{carried})",
+        field=ref.field,
+        reason=EMBEDDING_INCOMPATIBLE,
+        metadata={"key": ref.key, "trigger": ref.trigger, "text_encoder": str(part)},
+    )
 
 
 def _stop_if_cancelled(hooks: StepHooks) -> None:
@@ -190,6 +243,7 @@ def diffusion_work(
     vae: ModelPart,
     loras: Sequence[tuple[str, float]],
     params: TextToImageParams | ImageToImageParams,
+    embeddings: Sequence[EmbeddingRef] = (),
 ) -> Work:
     """TextToImage, or ImageToImage for ImageToImageParams."""
     operation = image_to_image if isinstance(params, ImageToImageParams) else text_to_image
@@ -197,7 +251,7 @@ def diffusion_work(
     def work(hooks: StepHooks) -> ImageResult:
         with ExitStack() as stack:
             models = ModelLocks(shop, hooks.context, stack)
-            model = models.diffusion_model(main, vae)
+            model = models.diffusion_model(main, vae, embeddings)
             models.apply_loras(loras)
             _stop_if_cancelled(hooks)
             generated = operation(model, params, hooks)
@@ -220,12 +274,16 @@ def upscale_work(
 
 
 def encode_prompt_work(
-    shop: Workshop, main: MainModel, prompt: str, loras: Sequence[tuple[str, float]]
+    shop: Workshop,
+    main: MainModel,
+    prompt: str,
+    loras: Sequence[tuple[str, float]],
+    embeddings: Sequence[EmbeddingRef] = (),
 ) -> Work:
     def work(hooks: StepHooks) -> TensorInfo:
         with ExitStack() as stack:
             models = ModelLocks(shop, hooks.context, stack)
-            encoders = models.text_encoders(main)
+            encoders = models.text_encoders(main, embeddings)
             models.apply_loras(loras)
             _stop_if_cancelled(hooks)
             conditioning = encode_prompt(encoders, prompt)
