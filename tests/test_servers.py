@@ -16,7 +16,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 
 from clients.sdk import EaselClient
 from easel.downloader.v1 import download_service_pb2
-from easel.invoker.v1 import session_service_pb2
+from easel.invoker.v1 import image_service_pb2, invocation_service_pb2, session_service_pb2
 from easel.model_manager.v1 import model_record_service_pb2
 from services.common import errors
 from tests.processes import REPO, client_settings, wait_serving
@@ -65,6 +65,13 @@ def test_server_serves_its_api_and_stops_on_sigterm(name, run_service, easel_env
         ):
             unimplemented_call(client, name)
         assert caught.value.reason == "NOT_IMPLEMENTED_YET"
+    if name == "invoker":
+        with EaselClient(client_settings(easel_env)) as client:
+            request = invocation_service_pb2.ListInvocationTypesRequest()
+            assert client.invocations.ListInvocationTypes(request).invocation_types
+            assert (
+                list(client.images.ListImages(image_service_pb2.ListImagesRequest()).images) == []
+            )
 
     service.process.send_signal(signal.SIGTERM)
     assert service.process.wait(timeout=30) == 0

@@ -1,0 +1,162 @@
+"""Image records in a SQLite file (WAL): the default store.
+
+One row per image with its fields in columns; `seq` (the insertion order) gives "newest
+first" without relying on clock resolution, and an index per filter column keeps a
+session's listing an index range. One connection serves every thread behind a lock; the
+library calls in from worker threads, never from the event loop.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from services.invoker.images.records import (
+    ImageChanges,
+    ImageOrigin,
+    ImageQuery,
+    ImageRecord,
+    ImageRecordStore,
+    image_not_found,
+)
+
+TABLES = (
+    """CREATE TABLE IF NOT EXISTS images (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL UNIQUE,
+        width INTEGER NOT NULL,
+        height INTEGER NOT NULL,
+        origin TEXT NOT NULL,
+        is_intermediate INTEGER NOT NULL,
+        session_id TEXT NOT NULL,
+        node_id TEXT NOT NULL,
+        create_time TEXT NOT NULL,
+        update_time TEXT NOT NULL,
+        metadata TEXT NOT NULL,
+        size_bytes INTEGER NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS images_by_session ON images (session_id, seq)",
+    "CREATE INDEX IF NOT EXISTS images_by_origin ON images (origin, seq)",
+)
+COLUMNS = (
+    "name, width, height, origin, is_intermediate, session_id, node_id, create_time, "
+    "update_time, metadata, size_bytes"
+)
+
+
+class SqliteImageRecordStore(ImageRecordStore):
+    """Records in one WAL-mode SQLite file shared by all threads behind a lock."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        for statement in TABLES:
+            self._db.execute(statement)
+
+    def add(self, record: ImageRecord) -> None:
+        with self._lock:
+            self._db.execute(
+                f"INSERT INTO images ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                _row(record),
+            )
+
+    def get(self, name: str) -> ImageRecord:
+        with self._lock:
+            row = self._db.execute(f"SELECT {COLUMNS} FROM images WHERE name = ?", (name,))
+            found = row.fetchone()
+        if found is None:
+            raise image_not_found(name)
+        return _record(found)
+
+    def update(self, name: str, changes: ImageChanges, when: datetime) -> ImageRecord:
+        sets, params = ["update_time = ?"], [when.isoformat()]
+        if changes.is_intermediate is not None:
+            sets.append("is_intermediate = ?")
+            params.append(int(changes.is_intermediate))
+        if changes.metadata is not None:
+            sets.append("metadata = ?")
+            params.append(json.dumps(changes.metadata))
+        with self._lock:
+            cursor = self._db.execute(
+                f"UPDATE images SET {', '.join(sets)} WHERE name = ? RETURNING {COLUMNS}",
+                [*params, name],
+            )
+            found = cursor.fetchone()
+        if found is None:
+            raise image_not_found(name)
+        return _record(found)
+
+    def delete(self, name: str) -> ImageRecord:
+        with self._lock:
+            sql = f"DELETE FROM images WHERE name = ? RETURNING {COLUMNS}"
+            cursor = self._db.execute(sql, (name,))
+            found = cursor.fetchone()
+        if found is None:
+            raise image_not_found(name)
+        return _record(found)
+
+    def search_page(
+        self, query: ImageQuery, offset: int, limit: int
+    ) -> tuple[list[ImageRecord], int]:
+        clauses, params = [], []
+        if query.session_id is not None:
+            clauses.append("session_id = ?")
+            params.append(query.session_id)
+        if query.origin is not None:
+            clauses.append("origin = ?")
+            params.append(str(query.origin))
+        if query.is_intermediate is not None:
+            clauses.append("is_intermediate = ?")
+            params.append(int(query.is_intermediate))
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {COLUMNS} FROM images{where} ORDER BY seq DESC LIMIT ? OFFSET ?",
+                [*params, limit, offset],
+            ).fetchall()
+            total = self._db.execute(f"SELECT COUNT(*) FROM images{where}", params).fetchone()[0]
+        return [_record(row) for row in rows], total
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def _row(record: ImageRecord) -> tuple[Any, ...]:
+    return (
+        record.name,
+        record.width,
+        record.height,
+        str(record.origin),
+        int(record.is_intermediate),
+        record.session_id,
+        record.node_id,
+        record.create_time.isoformat(),
+        record.update_time.isoformat(),
+        json.dumps(record.metadata),
+        record.size_bytes,
+    )
+
+
+def _record(row: tuple[Any, ...]) -> ImageRecord:
+    name, width, height, origin, intermediate, session, node, created, updated, meta, size = row
+    return ImageRecord(
+        name=name,
+        width=width,
+        height=height,
+        origin=ImageOrigin(origin),
+        is_intermediate=bool(intermediate),
+        session_id=session,
+        node_id=node,
+        create_time=datetime.fromisoformat(created),
+        update_time=datetime.fromisoformat(updated),
+        metadata=json.loads(meta),
+        size_bytes=size,
+    )

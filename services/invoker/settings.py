@@ -1,0 +1,24 @@
+"""Settings of the invoker process, beside the common ones."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import ValidationInfo, field_validator
+
+from services.common.settings import DEFAULT_ROOT, CommonSettings
+
+
+class InvokerSettings(CommonSettings):
+    """What the invoker reads on top of the common settings."""
+
+    custom_nodes_dir: Path = Path("nodes")
+    """Folder of custom node types: each `.py` file in it (not starting with `_`) is
+    imported at start and its invocation classes registered; relative to the root."""
+
+    @field_validator("custom_nodes_dir")
+    @classmethod
+    def _under_root(cls, path: Path, info: ValidationInfo) -> Path:
+        """Absolute from here on, so no later use depends on the working directory."""
+        root = info.data.get("root", DEFAULT_ROOT.expanduser())
+        return (root / path.expanduser()).resolve()
