@@ -35,8 +35,15 @@ class Page:
         following = self.offset + self.size
         if following >= total:
             return ""
-        payload = json.dumps({"o": following, "f": _digest(self.fingerprint)})
-        return base64.urlsafe_b64encode(payload.encode()).decode()
+        return position_token(following, self.fingerprint)
+
+
+def position_token(position: int, fingerprint: object) -> str:
+    """A token whose page starts at `position`: an offset, or for keyset paging (stable
+    while items change) the key after which the next page starts; `page` reads it back
+    as `Page.offset`."""
+    payload = json.dumps({"o": position, "f": _digest(fingerprint)})
+    return base64.urlsafe_b64encode(payload.encode()).decode()
 
 
 def page(page_size: int, page_token: str, fingerprint: object) -> Page:

@@ -1,0 +1,133 @@
+"""Queue items and the interface of the store that keeps them.
+
+The store is an interface so that a shared database (PostgreSQL, claiming with SELECT …
+FOR UPDATE SKIP LOCKED) can replace the embedded SQLite one: each state change, the claim
+included, is one store operation, so two claimers or a claim and a cancel never both win.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+from services.common.errors import NotFoundError
+
+INVOKER_RESTARTED = "INVOKER_RESTARTED"
+
+
+class QueueItemStatus(StrEnum):
+    """Where an item stands, as QueueItemStatus names it."""
+
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def terminal(self) -> bool:
+        return self not in (QueueItemStatus.PENDING, QueueItemStatus.RUNNING)
+
+
+class RunMode(StrEnum):
+    """How much of its session's graph a run executes."""
+
+    ALL = "ALL"
+    NEXT = "NEXT"
+
+
+@dataclass(frozen=True)
+class ItemError:
+    """Why an item FAILED, as QueueItem's error fields say."""
+
+    error_type: str
+    error: str
+    error_code: int = 0
+    error_node_id: str = ""
+
+
+@dataclass(frozen=True)
+class QueueItem:
+    """One run of a session. `error` is set only when FAILED."""
+
+    id: int
+    session_id: str
+    status: QueueItemStatus
+    run_mode: RunMode
+    priority: int
+    create_time: datetime
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+    error: ItemError | None = None
+
+
+@dataclass(frozen=True)
+class ItemFilter:
+    """Filters of a listing; empty matches every item."""
+
+    statuses: Collection[QueueItemStatus] = ()
+    session_id: str = ""
+
+
+class QueueStore(ABC):
+    """Queue items by id. Ids grow from 1 and are never handed out twice. Calls come from
+    one thread at a time."""
+
+    @abstractmethod
+    def add(self, session_id: str, run_mode: RunMode, priority: int, now: datetime) -> QueueItem:
+        """Store a new PENDING item with a fresh id."""
+
+    @abstractmethod
+    def claim_next(self, now: datetime) -> QueueItem | None:
+        """Move the first PENDING item (highest priority, then lowest id) to RUNNING and
+        return it, in one operation; None when nothing is PENDING."""
+
+    @abstractmethod
+    def cancel_pending(self, item_id: int, now: datetime) -> QueueItem | None:
+        """Move the item to CANCELLED if it is PENDING, in one operation, and return it;
+        None when it is not PENDING (or unknown)."""
+
+    @abstractmethod
+    def cancel_all_pending(self, now: datetime) -> list[QueueItem]:
+        """Move every PENDING item to CANCELLED and return them."""
+
+    @abstractmethod
+    def finish(
+        self, item_id: int, status: QueueItemStatus, error: ItemError | None, now: datetime
+    ) -> QueueItem:
+        """Move a RUNNING item to the terminal `status`; an item no longer RUNNING is
+        returned unchanged."""
+
+    @abstractmethod
+    def fail_running(self, error: ItemError, now: datetime) -> list[QueueItem]:
+        """Move every RUNNING item to FAILED with `error` and return them."""
+
+    @abstractmethod
+    def get(self, item_id: int) -> QueueItem:
+        """The item; NotFoundError (QUEUE_ITEM_NOT_FOUND) when there is none."""
+
+    @abstractmethod
+    def list_after(self, query: ItemFilter, after_id: int, limit: int) -> list[QueueItem]:
+        """Up to `limit` matching items with an id above `after_id`, ascending id."""
+
+    @abstractmethod
+    def counts(self) -> Mapping[QueueItemStatus, int]:
+        """How many items are in each status."""
+
+    @abstractmethod
+    def running(self) -> QueueItem | None:
+        """The RUNNING item, if any."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+
+def item_not_found(item_id: int) -> NotFoundError:
+    return NotFoundError(
+        f"no queue item has id {item_id}",
+        reason="QUEUE_ITEM_NOT_FOUND",
+        metadata={"id": str(item_id)},
+    )

@@ -1,0 +1,184 @@
+"""Queue items in a SQLite file (WAL): the default store, kept with the sessions under the
+root.
+
+`id` is an AUTOINCREMENT key, so an id is never handed out again, not even after a
+restart. The claim is one UPDATE … RETURNING over the index (status, -priority, id), so
+it is atomic against a cancel. One connection serves every thread behind a lock.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from services.invoker.queue.items import (
+    ItemError,
+    ItemFilter,
+    QueueItem,
+    QueueItemStatus,
+    QueueStore,
+    RunMode,
+    item_not_found,
+)
+
+TABLES = (
+    """CREATE TABLE IF NOT EXISTS queue_items (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        session_id TEXT NOT NULL,
+        status TEXT NOT NULL,
+        run_mode TEXT NOT NULL,
+        priority INTEGER NOT NULL,
+        create_time TEXT NOT NULL,
+        start_time TEXT,
+        end_time TEXT,
+        error_type TEXT,
+        error TEXT,
+        error_code INTEGER,
+        error_node_id TEXT
+    )""",
+    "CREATE INDEX IF NOT EXISTS queue_items_by_turn ON queue_items (status, priority DESC, id)",
+    "CREATE INDEX IF NOT EXISTS queue_items_by_session ON queue_items (session_id, id)",
+)
+COLUMNS = (
+    "id, session_id, status, run_mode, priority, create_time, start_time, end_time, "
+    "error_type, error, error_code, error_node_id"
+)
+PENDING = QueueItemStatus.PENDING.value
+RUNNING = QueueItemStatus.RUNNING.value
+CANCELLED = QueueItemStatus.CANCELLED.value
+
+
+class SqliteQueueStore(QueueStore):
+    """Items in one WAL-mode SQLite file shared by all threads behind a lock."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        for statement in TABLES:
+            self._db.execute(statement)
+
+    def add(self, session_id: str, run_mode: RunMode, priority: int, now: datetime) -> QueueItem:
+        sql = (
+            "INSERT INTO queue_items (session_id, status, run_mode, priority, create_time) "
+            f"VALUES (?, ?, ?, ?, ?) RETURNING {COLUMNS}"
+        )
+        params = (session_id, PENDING, run_mode.value, priority, now.isoformat())
+        return self._one(sql, params)
+
+    def claim_next(self, now: datetime) -> QueueItem | None:
+        sql = (
+            "UPDATE queue_items SET status = ?, start_time = ? WHERE id = ("
+            "SELECT id FROM queue_items WHERE status = ? ORDER BY priority DESC, id LIMIT 1"
+            f") RETURNING {COLUMNS}"
+        )
+        rows = self._all(sql, (RUNNING, now.isoformat(), PENDING))
+        return rows[0] if rows else None
+
+    def cancel_pending(self, item_id: int, now: datetime) -> QueueItem | None:
+        sql = (
+            "UPDATE queue_items SET status = ?, end_time = ? WHERE id = ? AND status = ? "
+            f"RETURNING {COLUMNS}"
+        )
+        rows = self._all(sql, (CANCELLED, now.isoformat(), item_id, PENDING))
+        return rows[0] if rows else None
+
+    def cancel_all_pending(self, now: datetime) -> list[QueueItem]:
+        sql = (
+            f"UPDATE queue_items SET status = ?, end_time = ? WHERE status = ? RETURNING {COLUMNS}"
+        )
+        items = self._all(sql, (CANCELLED, now.isoformat(), PENDING))
+        return sorted(items, key=lambda item: item.id)
+
+    def finish(
+        self, item_id: int, status: QueueItemStatus, error: ItemError | None, now: datetime
+    ) -> QueueItem:
+        sql = (
+            "UPDATE queue_items SET status = ?, end_time = ?, error_type = ?, error = ?, "
+            f"error_code = ?, error_node_id = ? WHERE id = ? AND status = ? RETURNING {COLUMNS}"
+        )
+        rows = self._all(sql, (status.value, now.isoformat(), *_error_row(error), item_id, RUNNING))
+        return rows[0] if rows else self.get(item_id)
+
+    def fail_running(self, error: ItemError, now: datetime) -> list[QueueItem]:
+        sql = (
+            "UPDATE queue_items SET status = ?, end_time = ?, error_type = ?, error = ?, "
+            f"error_code = ?, error_node_id = ? WHERE status = ? RETURNING {COLUMNS}"
+        )
+        failed = QueueItemStatus.FAILED.value
+        items = self._all(sql, (failed, now.isoformat(), *_error_row(error), RUNNING))
+        return sorted(items, key=lambda item: item.id)
+
+    def get(self, item_id: int) -> QueueItem:
+        rows = self._all(f"SELECT {COLUMNS} FROM queue_items WHERE id = ?", (item_id,))
+        if not rows:
+            raise item_not_found(item_id)
+        return rows[0]
+
+    def list_after(self, query: ItemFilter, after_id: int, limit: int) -> list[QueueItem]:
+        clauses, params = ["id > ?"], [after_id]
+        if query.statuses:
+            clauses.append(f"status IN ({', '.join('?' * len(query.statuses))})")
+            params.extend(status.value for status in query.statuses)
+        if query.session_id:
+            clauses.append("session_id = ?")
+            params.append(query.session_id)
+        sql = f"SELECT {COLUMNS} FROM queue_items WHERE {' AND '.join(clauses)} ORDER BY id LIMIT ?"
+        return self._all(sql, (*params, limit))
+
+    def counts(self) -> Mapping[QueueItemStatus, int]:
+        with self._lock:
+            rows = self._db.execute("SELECT status, COUNT(*) FROM queue_items GROUP BY status")
+            found = {QueueItemStatus(status): count for status, count in rows}
+        return {status: found.get(status, 0) for status in QueueItemStatus}
+
+    def running(self) -> QueueItem | None:
+        sql = f"SELECT {COLUMNS} FROM queue_items WHERE status = ? ORDER BY id LIMIT 1"
+        rows = self._all(sql, (RUNNING,))
+        return rows[0] if rows else None
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _one(self, sql: str, params: tuple[Any, ...]) -> QueueItem:
+        return self._all(sql, params)[0]
+
+    def _all(self, sql: str, params: tuple[Any, ...]) -> list[QueueItem]:
+        with self._lock:
+            rows = self._db.execute(sql, params).fetchall()
+        return [_item(row) for row in rows]
+
+
+def _error_row(error: ItemError | None) -> tuple[Any, ...]:
+    if error is None:
+        return (None, None, None, None)
+    return (error.error_type, error.error, error.error_code, error.error_node_id)
+
+
+def _time(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text)
+
+
+def _item(row: tuple[Any, ...]) -> QueueItem:
+    item_id, session, status, mode, priority, created, started, ended = row[:8]
+    error_type, error, error_code, error_node_id = row[8:]
+    return QueueItem(
+        id=item_id,
+        session_id=session,
+        status=QueueItemStatus(status),
+        run_mode=RunMode(mode),
+        priority=priority,
+        create_time=datetime.fromisoformat(created),
+        start_time=_time(started),
+        end_time=_time(ended),
+        error=None
+        if error_type is None
+        else ItemError(error_type, error or "", error_code or 0, error_node_id or ""),
+    )
