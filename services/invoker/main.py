@@ -18,10 +18,20 @@ from easel.invoker.v1 import (
     session_service_pb2_grpc,
 )
 from services.common.server import ServiceServer, run_process
+from services.invoker import session_convert
+from services.invoker.clients.inference import InferenceClient
+from services.invoker.clients.model_records import ModelRecordsClient
+from services.invoker.execution.cache import OutputCache
 from services.invoker.image_servicer import ImageServicer
 from services.invoker.images.library import open_image_library
 from services.invoker.invocation_servicer import InvocationServicer
 from services.invoker.invocations.registry import load_registry
+from services.invoker.queue.sqlite_store import SqliteQueueStore
+from services.invoker.queue_servicer import QueueServicer
+from services.invoker.session_servicer import SessionServicer
+from services.invoker.sessions.context import ServiceStubs, context_factory
+from services.invoker.sessions.manager import SessionManager
+from services.invoker.sessions.store import SqliteSessionStore
 from services.invoker.settings import InvokerSettings
 
 DOMAIN = "easel.invoker.v1"
@@ -35,17 +45,42 @@ async def build(server: ServiceServer, settings: InvokerSettings) -> None:
         "InvocationService",
         InvocationServicer(registry),
     )
-    server.add_service(session_service_pb2, session_service_pb2_grpc, "SessionService")
-    server.add_service(queue_service_pb2, queue_service_pb2_grpc, "QueueService")
     images = await asyncio.to_thread(open_image_library, settings.root)
     server.add_service(
         image_service_pb2, image_service_pb2_grpc, "ImageService", ImageServicer(images)
     )
+    inference = InferenceClient(settings)
+    models = ModelRecordsClient(settings)
+    stubs = ServiceStubs(images, inference, models)
+    session_store, queue_store = await asyncio.to_thread(
+        lambda: (SqliteSessionStore(settings.sessions_db), SqliteQueueStore(settings.sessions_db))
+    )
+    sessions = SessionManager(
+        registry,
+        session_store,
+        queue_store,
+        partial(context_factory, stubs),
+        cache=OutputCache(settings.node_cache_size) if settings.node_cache_size else None,
+        failure_code=session_convert.failure_code,
+    )
+    await sessions.start()
+    server.add_service(
+        session_service_pb2,
+        session_service_pb2_grpc,
+        "SessionService",
+        SessionServicer(sessions),
+    )
+    server.add_service(
+        queue_service_pb2, queue_service_pb2_grpc, "QueueService", QueueServicer(sessions)
+    )
 
-    async def close_images() -> None:
+    async def close() -> None:
+        await sessions.close()
+        await inference.close()
+        await models.close()
         images.close()
 
-    server.on_shutdown(close_images)
+    server.on_shutdown(close)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from services.common.settings import DEFAULT_ROOT, CommonSettings
 
@@ -16,7 +16,14 @@ class InvokerSettings(CommonSettings):
     """Folder of custom node types: each `.py` file in it (not starting with `_`) is
     imported at start and its invocation classes registered; relative to the root."""
 
-    @field_validator("custom_nodes_dir")
+    sessions_db: Path = Path("databases/sessions.db")
+    """SQLite file of the sessions and the queue; relative to the root."""
+
+    node_cache_size: int = Field(default=1024, ge=0)
+    """Most node outputs the node-output cache keeps (shared by every session); 0 turns
+    it off."""
+
+    @field_validator("custom_nodes_dir", "sessions_db")
     @classmethod
     def _under_root(cls, path: Path, info: ValidationInfo) -> Path:
         """Absolute from here on, so no later use depends on the working directory."""

@@ -76,6 +76,14 @@ CORE_TYPES = {
     "string_replace": "string",
     "iterate": "collections",
     "collect": "collections",
+    **dict.fromkeys(
+        ["load_image", "save_image", "show_image", "resize", "crop", "paste", "blend"], "image"
+    ),
+    **dict.fromkeys(["convert", "blur", "extract_channel", "merge_channels"], "image"),
+    "prompt": "conditioning",
+    **dict.fromkeys(["noise", "denoise_latents", "l2i", "i2l"], "latents"),
+    **dict.fromkeys(["txt2img", "img2img", "upscale"], "generation"),
+    "lora_selector": "model",
 }
 
 
@@ -214,10 +222,12 @@ def test_every_core_field_says_what_it_means():
             assert field.description, f"{spec.name}.{field.name}"
 
 
-def test_random_nodes_are_not_cacheable_and_the_rest_are():
+def test_random_and_saving_nodes_are_not_cacheable_and_the_rest_are():
     registry = load_registry(None)
     uncached = {spec.name for spec in registry.specs() if not spec.cacheable}
-    assert uncached == {"rand_int", "rand_float"}
+    saving = {"save_image", "show_image"}
+    seeded = {"noise", "txt2img", "img2img"}  # an empty seed is random
+    assert uncached == {"rand_int", "rand_float", *saving, *seeded}
 
 
 def test_iterate_and_collect_are_generic_in_the_item_type():

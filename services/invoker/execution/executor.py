@@ -17,7 +17,7 @@ are; runs of one node may fail independently, but its dependants wait for all of
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from heapq import heapify, heappop, heappush
 from typing import Any
@@ -164,6 +164,51 @@ class GraphExecution:
             self._ready = [entry for entry in self._ready if entry[2] != destination]
             heapify(self._ready)
         self.node_added(destination)
+
+    def restore(
+        self,
+        results: Mapping[str, Mapping[str, Any]],
+        errors: Mapping[str, NodeFailure],
+        executed: Sequence[str],
+    ) -> None:
+        """Brings a new execution of a graph to a saved state (a session loaded after a
+        restart) without running a node: each saved run is replayed as it becomes ready,
+        its outputs rebuilt from their JSON."""
+        replayed = True
+        while replayed:
+            replayed = False
+            for entry in sorted(self._ready):
+                _, index, node_id = entry
+                this_run = run_id(node_id, index)
+                outcome = errors.get(this_run) or results.get(this_run)
+                if outcome is not None:
+                    self._ready.remove(entry)
+                    heapify(self._ready)
+                    self._replay(node_id, this_run, outcome)
+                    replayed = True
+                    break
+        self.state.executed = [key for key in executed if key in self.state.results]
+        self._unreported = [entry for entry in self._unreported if entry[0] not in errors]
+
+    def _replay(
+        self,
+        node_id: str,
+        this_run: str,
+        outcome: Mapping[str, Any] | NodeFailure,
+    ) -> None:
+        """Records a saved run: its failure, or its outputs (JSON)."""
+        expansion = self._expanded[node_id]
+        expansion.started += 1
+        expansion.finished += 1
+        if isinstance(outcome, NodeFailure):
+            self.state.errors[this_run] = outcome
+            expansion.failed = True
+            self._failed.add(node_id)
+            return
+        output = self.graph.nodes[node_id].type.spec.output_class.model_validate(outcome)
+        self.state.results[this_run] = NodeResult(node_id, output, dict(outcome), False)
+        if expansion.finished == expansion.total and not expansion.failed:
+            self._complete(node_id)
 
     async def run(
         self,

@@ -2,19 +2,20 @@
 
 The executor builds one context per node run. Images come through the `ImageAccess`
 interface, which the invoker's image store implements; the inference and model manager
-services through their asyncio gRPC stubs.
+services through the invoker's domain-level clients (no wire types reach a node).
 """
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
-from easel.inference.v1 import generation_service_pb2_grpc, tensor_store_service_pb2_grpc
-from easel.model_manager.v1 import model_record_service_pb2_grpc
 from services.common.errors import OperationCancelledError
-from services.invoker.invocations.fields import ImageRef
+from services.common.model_taxonomy import ModelType
+from services.invoker.clients.inference import InferenceClient, Origin
+from services.invoker.clients.model_records import ModelRecordsClient
+from services.invoker.invocations.fields import ImageRef, ModelRef
 
 
 class ImageAccess(Protocol):
@@ -24,8 +25,14 @@ class ImageAccess(Protocol):
         """The PNG bytes of a stored image; NotFoundError for an unknown name."""
         ...
 
-    async def save_png(self, png: bytes) -> ImageRef:
-        """Store a PNG made by the running node, with how it was made, and name it."""
+    async def save_png(
+        self, png: bytes, *, is_intermediate: bool = True, metadata: dict[str, Any] | None = None
+    ) -> ImageRef:
+        """Store a PNG made by the running node, with how it was made, and name it.
+
+        An intermediate image is a step of a graph, hidden from galleries; a node that
+        saves for the user passes False.
+        """
         ...
 
 
@@ -35,14 +42,6 @@ class ProgressSink(Protocol):
     def __call__(self, step: int, total: int, message: str = "") -> None: ...
 
 
-@dataclass(frozen=True)
-class InferenceClients:
-    """The inference service's APIs a node may call."""
-
-    generations: generation_service_pb2_grpc.GenerationServiceStub
-    tensors: tensor_store_service_pb2_grpc.TensorStoreServiceStub
-
-
 @dataclass
 class InvocationContext:
     """One node run: who it is, the services it may use, progress and cancellation."""
@@ -50,8 +49,8 @@ class InvocationContext:
     session_id: str
     node_id: str
     images: ImageAccess
-    inference: InferenceClients
-    models: model_record_service_pb2_grpc.ModelRecordServiceStub
+    inference: InferenceClient
+    models: ModelRecordsClient
     progress: ProgressSink
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
     """Set when the run is cancelled; long nodes check it (or pass it on) between steps."""
@@ -62,3 +61,18 @@ class InvocationContext:
             raise OperationCancelledError(
                 f"node {self.node_id} was cancelled", metadata={"node_id": self.node_id}
             )
+
+    def origin(self) -> Origin:
+        """How this node's generations are tagged, report progress and get cancelled."""
+        return Origin(
+            session_id=self.session_id,
+            invocation_id=self.node_id,
+            on_progress=lambda step, total: self.progress(step, total),
+            cancelled=self.cancelled,
+        )
+
+    async def model_key(self, field: str, given: ModelRef | None, model_type: ModelType) -> str:
+        """The key of the model input `field`: the one given, else its type's default."""
+        if given is not None:
+            return given.key
+        return await self.models.default_key(field, model_type)

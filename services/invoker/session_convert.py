@@ -1,0 +1,191 @@
+"""Conversions between sessions and SessionService messages."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from google.protobuf import json_format, struct_pb2
+
+from easel.invoker.v1 import graph_pb2
+from easel.invoker.v1 import queue_service_pb2 as queue_pb
+from easel.invoker.v1 import session_service_pb2 as pb
+from services.common.error_status import code_for
+from services.common.errors import InvalidArgumentError
+from services.invoker import queue_convert
+from services.invoker.execution import events as execution_events
+from services.invoker.execution.state import NodeFailure
+from services.invoker.graphs.graph import Edge, FieldRef, GraphNode, NodeSpec
+from services.invoker.queue import items as queue_items
+from services.invoker.queue_convert import timestamp
+from services.invoker.sessions.events import (
+    InvocationProgress,
+    SessionQueued,
+    SessionSnapshot,
+    SessionStarted,
+    Stamped,
+)
+from services.invoker.sessions.manager import SETTLED, Session, SessionStatus
+
+STATUSES = {
+    SessionStatus.IDLE: graph_pb2.SESSION_STATUS_IDLE,
+    SessionStatus.QUEUED: graph_pb2.SESSION_STATUS_QUEUED,
+    SessionStatus.RUNNING: graph_pb2.SESSION_STATUS_RUNNING,
+    SessionStatus.COMPLETED: graph_pb2.SESSION_STATUS_COMPLETED,
+    SessionStatus.FAILED: graph_pb2.SESSION_STATUS_FAILED,
+    SessionStatus.CANCELLED: graph_pb2.SESSION_STATUS_CANCELLED,
+}
+STATUSES_FROM_PB = {value: key for key, value in STATUSES.items()}
+UNKNOWN = 2
+"""google.rpc.Code.UNKNOWN: a node's own exception that is no domain error."""
+
+
+def statuses_from_pb(values: Sequence[int]) -> list[SessionStatus]:
+    """A `statuses` filter; UNSPECIFIED (or an unknown number) is INVALID_ARGUMENT."""
+    statuses = []
+    for index, value in enumerate(values):
+        status = STATUSES_FROM_PB.get(value)
+        if status is None:
+            raise InvalidArgumentError(
+                "a status filter must name a status", field=f"statuses[{index}]"
+            )
+        statuses.append(status)
+    return statuses
+
+
+def failure_code(failure: NodeFailure) -> int:
+    """The gRPC status code number of a node failure."""
+    return UNKNOWN if failure.cause is None else code_for(failure.cause).value[0]
+
+
+def node_spec_from_pb(node: graph_pb2.Node) -> NodeSpec:
+    return NodeSpec(node.id, node.type, json_format.MessageToDict(node.inputs))
+
+
+def edge_from_pb(edge: graph_pb2.Edge) -> Edge:
+    return Edge(
+        FieldRef(edge.source.node_id, edge.source.field),
+        FieldRef(edge.destination.node_id, edge.destination.field),
+    )
+
+
+def node_to_pb(node: GraphNode) -> graph_pb2.Node:
+    message = graph_pb2.Node(id=node.id, type=node.type.spec.name)
+    message.inputs.update(dict(node.inputs))
+    return message
+
+
+def edge_to_pb(edge: Edge) -> graph_pb2.Edge:
+    return graph_pb2.Edge(
+        source=graph_pb2.EdgeConnection(node_id=edge.source.node_id, field=edge.source.field),
+        destination=graph_pb2.EdgeConnection(
+            node_id=edge.destination.node_id, field=edge.destination.field
+        ),
+    )
+
+
+def node_error_to_pb(failure: NodeFailure) -> graph_pb2.NodeError:
+    return graph_pb2.NodeError(
+        error_type=failure.error_type, error=failure.error, error_code=failure_code(failure)
+    )
+
+
+def struct(values: object) -> struct_pb2.Struct:
+    message = struct_pb2.Struct()
+    json_format.ParseDict(values, message)
+    return message
+
+
+def graph_to_pb(session: Session) -> graph_pb2.Graph:
+    graph = session.graph
+    return graph_pb2.Graph(
+        nodes=[node_to_pb(node) for node in graph.nodes.values()],
+        edges=[edge_to_pb(edge) for edge in graph.edges],
+    )
+
+
+def state_to_pb(session: Session) -> graph_pb2.GraphExecutionState:
+    execution = session.execution
+    state = execution.state
+    return graph_pb2.GraphExecutionState(
+        executed_node_ids=state.executed,
+        results={key: struct(dict(result.outputs)) for key, result in state.results.items()},
+        errors={key: node_error_to_pb(failure) for key, failure in state.errors.items()},
+        running_node_id=state.running,
+        ready_node_ids=execution.ready_ids(),
+        pending_node_ids=execution.pending_ids(),
+    )
+
+
+def session_to_pb(session: Session) -> pb.Session:
+    return pb.Session(
+        id=session.id,
+        graph=graph_to_pb(session),
+        state=state_to_pb(session),
+        status=STATUSES[session.status],
+        queue_item_id=session.queue_item_id,
+        create_time=timestamp(session.create_time),
+        update_time=timestamp(session.update_time),
+    )
+
+
+def run_mode_to_pb(mode: queue_items.RunMode) -> queue_pb.RunMode.ValueType:
+    return queue_convert.RUN_MODES[mode]
+
+
+def event_to_pb(stamped: Stamped, dropped: int) -> pb.SessionEvent:
+    """A session event; `dropped`: events the watcher missed just before it."""
+    event = stamped.event
+    message = pb.SessionEvent(
+        time=timestamp(stamped.time),
+        session_id=event.session_id,
+        queue_item_id=event.queue_item_id,
+        dropped_count=dropped,
+    )
+    match event:
+        case SessionSnapshot(session=session):
+            message.snapshot.session.CopyFrom(session_to_pb(session))
+        case SessionQueued(run_mode=mode):
+            message.session_queued.run_mode = run_mode_to_pb(mode)
+        case SessionStarted(run_mode=mode):
+            message.session_started.run_mode = run_mode_to_pb(mode)
+        case execution_events.InvocationStarted(node_id=node_id, type=type_name):
+            message.node_id = node_id
+            message.invocation_started.type = type_name
+        case InvocationProgress(node_id=node_id, step=step, total_steps=total):
+            message.node_id = node_id
+            message.invocation_progress.step = step
+            message.invocation_progress.total_steps = total
+        case execution_events.InvocationComplete():
+            message.node_id = event.node_id
+            message.invocation_complete.CopyFrom(
+                pb.InvocationComplete(
+                    type=event.type,
+                    output_type=event.output_type,
+                    outputs=struct(dict(event.outputs)),
+                    cache_hit=event.cache_hit,
+                )
+            )
+        case execution_events.InvocationError(node_id=node_id, type=type_name, failure=failure):
+            message.node_id = node_id
+            message.invocation_error.CopyFrom(
+                pb.InvocationError(
+                    type=type_name,
+                    error_type=failure.error_type,
+                    error=failure.error,
+                    error_code=failure_code(failure),
+                )
+            )
+        case execution_events.SessionComplete(status=status):
+            message.session_complete.status = STATUSES[SETTLED[status]]
+        case execution_events.SessionCancelled():
+            message.session_cancelled.SetInParent()
+        case execution_events.SessionError(node_id=node_id, failure=failure):
+            message.node_id = node_id
+            message.session_error.CopyFrom(
+                pb.SessionError(
+                    error_type=failure.error_type,
+                    error=failure.error,
+                    error_code=failure_code(failure),
+                )
+            )
+    return message

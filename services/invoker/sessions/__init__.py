@@ -1,0 +1,1 @@
+"""Sessions: a graph, its execution and status, kept in a store and run by the queue."""

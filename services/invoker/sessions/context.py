@@ -1,0 +1,78 @@
+"""The node contexts of a session's runs: its images, the other services' stubs, progress
+and cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from services.invoker.clients.inference import InferenceClient
+from services.invoker.clients.model_records import ModelRecordsClient
+from services.invoker.execution.executor import ContextFactory
+from services.invoker.images.library import ImageLibrary
+from services.invoker.invocations.context import InvocationContext, ProgressSink
+from services.invoker.invocations.fields import ImageRef
+from services.invoker.sessions.manager import GraphJson, NodeInputs
+
+
+@dataclass(frozen=True)
+class NodeImages:
+    """The image store as one node run sees it: what it saves carries how it was made."""
+
+    library: ImageLibrary
+    session_id: str
+    node_id: str
+    graph: GraphJson
+    node_inputs: dict[str, Any]
+
+    async def load_png(self, image: ImageRef) -> bytes:
+        return await self.library.load_png(image.image_name)
+
+    async def save_png(
+        self, png: bytes, *, is_intermediate: bool = True, metadata: dict[str, Any] | None = None
+    ) -> ImageRef:
+        record = await self.library.save_generated(
+            png,
+            session_id=self.session_id,
+            node_id=self.node_id,
+            graph=self.graph(),
+            node_inputs=self.node_inputs,
+            is_intermediate=is_intermediate,
+            metadata=metadata,
+        )
+        return ImageRef(image_name=record.name)
+
+
+@dataclass(frozen=True)
+class ServiceStubs:
+    """The clients every node context shares."""
+
+    images: ImageLibrary
+    inference: InferenceClient
+    models: ModelRecordsClient
+
+
+def context_factory(
+    stubs: ServiceStubs,
+    session_id: str,
+    graph: GraphJson,
+    node_inputs: NodeInputs,
+    progress: Callable[[str], ProgressSink],
+) -> ContextFactory:
+    """Makes the context of each run of the session's nodes."""
+
+    def make(run_id: str, cancelled: asyncio.Event) -> InvocationContext:
+        images = NodeImages(stubs.images, session_id, run_id, graph, node_inputs(run_id))
+        return InvocationContext(
+            session_id,
+            run_id,
+            images,
+            stubs.inference,
+            stubs.models,
+            progress(run_id),
+            cancelled,
+        )
+
+    return make

@@ -1,0 +1,49 @@
+"""Session events beside the execution's own: a run queued and started, the snapshot a
+watcher gets first, and the time each event happened."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from services.invoker.execution.events import ExecutionEvent
+from services.invoker.queue.items import RunMode
+
+if TYPE_CHECKING:
+    from services.invoker.sessions.manager import Session
+
+
+@dataclass(frozen=True)
+class SessionQueued(ExecutionEvent):
+    run_mode: RunMode
+
+
+@dataclass(frozen=True)
+class SessionStarted(ExecutionEvent):
+    run_mode: RunMode
+
+
+@dataclass(frozen=True)
+class InvocationProgress(ExecutionEvent):
+    """A node's progress (denoising steps); `node_id` is its run id."""
+
+    node_id: str
+    step: int
+    total_steps: int
+
+
+@dataclass(frozen=True)
+class SessionSnapshot(ExecutionEvent):
+    """The session as it stands, sent first to a watcher; `queue_item_id` is 0 when no
+    run is queued or running."""
+
+    session: Session
+
+
+@dataclass(frozen=True)
+class Stamped:
+    """An event with the time it happened, as published on the session event bus."""
+
+    time: datetime
+    event: ExecutionEvent

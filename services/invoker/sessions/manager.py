@@ -1,0 +1,526 @@
+"""Sessions in memory, saved to their store on every change that matters, and the runner
+that executes the queue's items one at a time.
+
+A session's status follows its queue item while it has one queued or running (QUEUED,
+RUNNING) and its execution's settled status otherwise. A changed session is saved once
+per turn of the event loop (a node's result included, so a crash loses at most the node
+that was running); the writes run on one worker thread, off the event loop, in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+import structlog
+
+from services.common import errors as error_classes
+from services.common.errors import (
+    EaselError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+)
+from services.common.event_bus import ChangeSignal, Delivery, EventBus, follow
+from services.invoker.execution.cache import OutputCache
+from services.invoker.execution.events import (
+    ExecutionEvent,
+    InvocationComplete,
+    InvocationError,
+)
+from services.invoker.execution.executor import ContextFactory, GraphExecution
+from services.invoker.execution.state import NodeFailure, RunMode, SettledStatus
+from services.invoker.graphs.graph import Edge, FieldRef, Graph, GraphNode, NodeSpec
+from services.invoker.invocations.context import ProgressSink
+from services.invoker.invocations.registry import InvocationRegistry
+from services.invoker.queue import items as queue_items
+from services.invoker.queue.batch import BatchField, BatchMode, expand_batch
+from services.invoker.queue.items import ItemError, QueueItem, QueueItemStatus
+from services.invoker.queue.queue import InvocationQueue
+from services.invoker.sessions.events import (
+    InvocationProgress,
+    SessionQueued,
+    SessionSnapshot,
+    SessionStarted,
+    Stamped,
+)
+from services.invoker.sessions.store import SessionRecord, SessionStore
+
+log = structlog.get_logger(__name__)
+
+GraphJson = Callable[[], dict[str, Any]]
+"""The session's graph as JSON (see `graph_json`)."""
+NodeInputs = Callable[[str], dict[str, Any]]
+"""The direct inputs of the node of a run id."""
+
+ProgressFor = Callable[[str], ProgressSink]
+ContextFactoryFor = Callable[[str, GraphJson, NodeInputs, ProgressFor], ContextFactory]
+"""Makes the node-context factory of one session from its id, its graph as JSON, the
+direct inputs of a run's node (for the provenance of the images it saves) and where a
+run's progress goes."""
+
+FailureCode = Callable[[NodeFailure], int]
+"""The gRPC status code number classifying a node failure (the servicer layer knows it)."""
+
+
+class SessionStatus(StrEnum):
+    """Where a session stands, as SessionStatus names it."""
+
+    IDLE = "IDLE"
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def busy(self) -> bool:
+        return self in (SessionStatus.QUEUED, SessionStatus.RUNNING)
+
+
+SETTLED = {
+    SettledStatus.IDLE: SessionStatus.IDLE,
+    SettledStatus.COMPLETED: SessionStatus.COMPLETED,
+    SettledStatus.FAILED: SessionStatus.FAILED,
+    SettledStatus.CANCELLED: SessionStatus.CANCELLED,
+}
+RUN_MODES = {queue_items.RunMode.ALL: RunMode.ALL, queue_items.RunMode.NEXT: RunMode.NEXT}
+
+
+@dataclass
+class Session:
+    """A graph with its execution across runs, its status and its latest queue item;
+    `cancelled` stops the run in progress."""
+
+    id: str
+    execution: GraphExecution
+    status: SessionStatus
+    create_time: datetime
+    update_time: datetime
+    queue_item_id: int = 0
+    cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def graph(self) -> Graph:
+        return self.execution.graph
+
+
+class SessionManager:
+    """Every session of the invoker, and the runner of the queue."""
+
+    def __init__(
+        self,
+        registry: InvocationRegistry,
+        store: SessionStore,
+        queue_store: queue_items.QueueStore,
+        contexts: ContextFactoryFor,
+        *,
+        cache: OutputCache | None,
+        failure_code: FailureCode,
+    ) -> None:
+        self._failure_code = failure_code
+        self._registry = registry
+        self._store = store
+        self._contexts = contexts
+        self._cache = cache
+        self.events: EventBus[Stamped] = EventBus()
+        """Every session's events, for WatchSessionEvents."""
+        self._closing = asyncio.Event()
+        self._sessions: dict[str, Session] = {}
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sessions-db")
+        self._changed = ChangeSignal()
+        self._dirty: set[str] = set()
+        self._flush_scheduled = False
+        self.queue = InvocationQueue(
+            queue_store, on_cancel=self._item_cancelled, on_change=self._item_changed
+        )
+        self._runner: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Loads the stored sessions, recovers the queue and starts the runner."""
+        records = await asyncio.get_running_loop().run_in_executor(self._writer, self._store.all)
+        for record in records:
+            self._sessions[record.id] = self._load(record)
+        await self.queue.start()
+        self._runner = asyncio.create_task(self._run_queue())
+
+    async def close(self) -> None:
+        self._closing.set()
+        if self._runner is not None:
+            self._runner.cancel()
+            await asyncio.gather(self._runner, return_exceptions=True)
+        self._flush()
+        await self.queue.close()
+        await asyncio.get_running_loop().run_in_executor(None, self._writer.shutdown)
+        self._store.close()
+
+    def create(self, nodes: Sequence[NodeSpec], edges: Sequence[Edge]) -> Session:
+        """A new IDLE session from a graph validated as a whole."""
+        return self._add(Graph.build(self._registry, nodes, edges))
+
+    def _add(self, graph: Graph) -> Session:
+        now = _now()
+        session_id = str(uuid.uuid4())
+        execution = self._execution(session_id, graph)
+        session = Session(session_id, execution, SessionStatus.IDLE, now, now)
+        self._sessions[session_id] = session
+        self._save(session)
+        return session
+
+    def get(self, session_id: str) -> Session:
+        session = self._sessions.get(session_id)
+        if session is None:
+            raise NotFoundError(
+                f"no session has id {session_id!r}",
+                reason="SESSION_NOT_FOUND",
+                metadata={"session_id": session_id},
+            )
+        return session
+
+    def list(self, statuses: Collection[SessionStatus]) -> list[Session]:
+        """Matching sessions, newest first."""
+        found = [s for s in self._sessions.values() if not statuses or s.status in statuses]
+        return sorted(found, key=lambda s: (s.create_time, s.id), reverse=True)
+
+    def delete(self, session_id: str) -> None:
+        session = self.get(session_id)
+        if session.status.busy:
+            raise FailedPreconditionError(
+                f"session {session_id!r} is {session.status}; cancel it first",
+                reason="SESSION_BUSY",
+                metadata={"session_id": session_id},
+            )
+        del self._sessions[session_id]
+        self._write(lambda: self._store.delete(session_id))
+        self._changed.notify()
+
+    def add_node(
+        self, session_id: str, spec: NodeSpec, links: Sequence[Edge]
+    ) -> tuple[GraphNode, list[Edge], SessionStatus]:
+        session = self.get(session_id)
+        execution = session.execution
+        node, edges = session.graph.add_node(spec, links, execution.state.executed)
+        execution.node_added(node.id)
+        if not session.status.busy:
+            session.status = SETTLED[execution.status]
+        self._touch(session)
+        return node, edges, session.status
+
+    def add_edge(self, session_id: str, edge: Edge) -> Edge:
+        session = self.get(session_id)
+        execution = session.execution
+        destination = edge.destination.node_id
+        if destination in session.graph.nodes and not execution.accepts_edge_into(destination):
+            raise FailedPreconditionError(
+                f"node {destination!r} has already run",
+                reason="NODE_ALREADY_EXECUTED",
+                metadata={"node_id": destination},
+            )
+        added = session.graph.add_edge(edge)
+        execution.edge_added(added)
+        if not session.status.busy:
+            session.status = SETTLED[execution.status]
+        self._touch(session)
+        return added
+
+    async def invoke(self, session_id: str, run_all: bool, priority: int) -> QueueItem:
+        session = self.get(session_id)
+        if session.status.busy:
+            raise FailedPreconditionError(
+                f"session {session_id!r} already has a run {session.status.lower()}",
+                reason="SESSION_BUSY",
+                metadata={"session_id": session_id},
+            )
+        if session.execution.nothing_to_run:
+            raise FailedPreconditionError(
+                f"session {session_id!r} has no node ready to run",
+                reason="NOTHING_TO_RUN",
+                metadata={"session_id": session_id},
+            )
+        session.status = SessionStatus.QUEUED
+        mode = queue_items.RunMode.ALL if run_all else queue_items.RunMode.NEXT
+        try:
+            item = await self.queue.enqueue(session_id, mode, priority)
+        except Exception:
+            session.status = SETTLED[session.execution.status]
+            raise
+        session.queue_item_id = item.id
+        self._touch(session)
+        self._emit(SessionQueued(session_id, item.id, mode))
+        return item
+
+    async def enqueue_batch(
+        self,
+        nodes: Sequence[NodeSpec],
+        edges: Sequence[Edge],
+        fields: Sequence[BatchField],
+        mode: BatchMode,
+        run_all: bool,
+        priority: int,
+    ) -> list[QueueItem]:
+        """One session per expansion of the batch, each queued at once. Every graph is
+        built and validated before the first session is made, so a refused batch makes
+        nothing."""
+        node_ids = {spec.id for spec in nodes}
+        for index, batch_field in enumerate(fields):
+            if batch_field.node_id and batch_field.node_id not in node_ids:
+                raise InvalidArgumentError(
+                    f"the graph has no node {batch_field.node_id!r}",
+                    field=f"fields[{index}].node_id",
+                    reason="UNKNOWN_NODE",
+                    metadata={"node_id": batch_field.node_id},
+                )
+        graphs = [
+            Graph.build(
+                self._registry,
+                [
+                    NodeSpec(spec.id, spec.type, {**spec.inputs, **values.get(spec.id, {})})
+                    for spec in nodes
+                ],
+                edges,
+            )
+            for values in expand_batch(fields, mode)
+        ]
+        items = []
+        for graph in graphs:
+            session = self._add(graph)
+            items.append(await self.invoke(session.id, run_all, priority))
+        return items
+
+    async def cancel(self, session_id: str) -> QueueItem:
+        session = self.get(session_id)
+        if not session.status.busy:
+            raise FailedPreconditionError(
+                f"session {session_id!r} has no run queued or running",
+                reason="SESSION_NOT_RUNNING",
+                metadata={"session_id": session_id},
+            )
+        return await self.queue.cancel(session.queue_item_id)
+
+    async def wait(self, session_id: str) -> Session:
+        """The session once it has no run queued or running."""
+        session = self.get(session_id)
+        await self._changed.wait_until(lambda: not session.status.busy)
+        return session
+
+    async def watch(self, session_ids: Sequence[str]) -> AsyncIterator[Delivery[Stamped]]:
+        """What WatchSessionEvents streams: a snapshot of each watched session (the named
+        ones, or every one QUEUED or RUNNING), then the live events, until the reader
+        stops. Subscribing before the snapshots means no event falls between the two."""
+        ids = set(session_ids)
+        watched = [self.get(session_id) for session_id in dict.fromkeys(session_ids)]
+        if ids:
+            subscription = self.events.subscribe(lambda stamped: stamped.event.session_id in ids)
+        else:
+            subscription = self.events.subscribe()
+            watched = [session for session in self._sessions.values() if session.status.busy]
+        try:
+            for session in watched:
+                item_id = session.queue_item_id if session.status.busy else 0
+                yield Delivery(Stamped(_now(), SessionSnapshot(session.id, item_id, session)), 0)
+            async for delivery in follow(subscription, self._closing, "invoker"):
+                yield delivery
+        finally:
+            subscription.close()
+
+    def _item_changed(self, item: QueueItem) -> None:
+        session = self._sessions.get(item.session_id)
+        if session is None:
+            return
+        if item.status is QueueItemStatus.PENDING:
+            session.queue_item_id = item.id
+            session.status = SessionStatus.QUEUED
+        elif session.queue_item_id != item.id:
+            return
+        elif item.status is QueueItemStatus.RUNNING:
+            session.status = SessionStatus.RUNNING
+        elif item.status is QueueItemStatus.CANCELLED and session.status is SessionStatus.QUEUED:
+            session.status = SessionStatus.CANCELLED
+        elif item.error is not None and item.error.error_type == queue_items.INVOKER_RESTARTED:
+            session.status = SessionStatus.FAILED
+        else:
+            return
+        self._touch(session)
+
+    def _item_cancelled(self, item: QueueItem) -> None:
+        session = self._sessions.get(item.session_id)
+        if session is not None:
+            session.cancelled.set()
+
+    async def _run_queue(self) -> None:
+        """Claims items one after another, the next the moment the previous one ends."""
+        while True:
+            item = await self.queue.claim()
+            try:
+                await self._run_item(item)
+            except Exception:
+                log.exception("queue item could not be finished", queue_item_id=item.id)
+
+    async def _run_item(self, item: QueueItem) -> None:
+        session = self._sessions.get(item.session_id)
+        if session is None:
+            error = ItemError("SESSION_NOT_FOUND", "the session was deleted", 5)
+            await self.queue.finish(item.id, QueueItemStatus.FAILED, error)
+            return
+        session.cancelled = asyncio.Event()
+        self._emit(SessionStarted(session.id, item.id, item.run_mode))
+        if self.queue.cancel_requested(item.id):
+            session.cancelled.set()
+        try:
+            result = await session.execution.run(
+                RUN_MODES[item.run_mode], cancelled=session.cancelled, queue_item_id=item.id
+            )
+        except Exception as exc:
+            error = ItemError("INVOKER_FAILED", f"{type(exc).__name__}: {exc}", 13)
+            await self._settle(session, item, SessionStatus.FAILED, QueueItemStatus.FAILED, error)
+            return
+        if result.status is SettledStatus.CANCELLED:
+            await self._settle(session, item, SessionStatus.CANCELLED, QueueItemStatus.CANCELLED)
+        elif result.failure is not None:
+            failure = result.failure
+            code = self._failure_code(failure)
+            error = ItemError(failure.error_type, failure.error, code, result.failed_node_id)
+            await self._settle(session, item, SessionStatus.FAILED, QueueItemStatus.FAILED, error)
+        else:
+            status = SETTLED[result.status]
+            await self._settle(session, item, status, QueueItemStatus.COMPLETED)
+
+    async def _settle(
+        self,
+        session: Session,
+        item: QueueItem,
+        status: SessionStatus,
+        item_status: QueueItemStatus,
+        error: ItemError | None = None,
+    ) -> None:
+        """Ends the item, then settles the session: it stays RUNNING until its item has
+        ended, so no new run of it is queued while this one is still finishing."""
+        await self.queue.finish(item.id, item_status, error)
+        session.status = status
+        self._touch(session)
+
+    def _execution(self, session_id: str, graph: Graph) -> GraphExecution:
+        def node_inputs(run_id: str) -> dict[str, Any]:
+            return dict(graph.nodes[run_id.split("#")[0]].inputs)
+
+        def progress_for(run_id: str) -> ProgressSink:
+            def report(step: int, total: int, message: str = "") -> None:
+                session = self._sessions.get(session_id)
+                item_id = 0 if session is None else session.queue_item_id
+                progress = InvocationProgress(session_id, item_id, run_id, step, total)
+                self.events.publish(Stamped(_now(), progress))
+
+            return report
+
+        contexts = self._contexts(session_id, lambda: graph_json(graph), node_inputs, progress_for)
+        return GraphExecution(session_id, graph, contexts, cache=self._cache, emit=self._emit)
+
+    def _emit(self, event: ExecutionEvent) -> None:
+        """Publishes a run's event; a node's result is saved at once, so a crash loses at
+        most the node that was running."""
+        if isinstance(event, InvocationComplete | InvocationError):
+            session = self._sessions.get(event.session_id)
+            if session is not None:
+                self._save(session)
+        self.events.publish(Stamped(_now(), event))
+
+    def _touch(self, session: Session) -> None:
+        session.update_time = _now()
+        self._save(session)
+        self._changed.notify()
+
+    def _save(self, session: Session) -> None:
+        """Marks the session for saving; every change of one turn of the event loop is
+        written once, so a run of many quick nodes does not rewrite its session per node."""
+        self._dirty.add(session.id)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        dirty, self._dirty = self._dirty, set()
+        for session_id in dirty:
+            session = self._sessions.get(session_id)
+            if session is not None:
+                record = _record(session)
+                self._write(lambda record=record: self._store.put(record))
+
+    def _write(self, work: Callable[[], None]) -> None:
+        self._writer.submit(work)
+
+    def _load(self, record: SessionRecord) -> Session:
+        nodes = [NodeSpec(n["id"], n["type"], n["inputs"]) for n in record.graph["nodes"]]
+        edges = [Edge(FieldRef(e[0], e[1]), FieldRef(e[2], e[3])) for e in record.graph["edges"]]
+        graph = Graph.build(self._registry, nodes, edges)
+        execution = self._execution(record.id, graph)
+        state = record.state
+        errors = {key: _failure(error) for key, error in state["errors"].items()}
+        execution.restore(state["results"], errors, state["executed"])
+        status = SessionStatus(record.status)
+        return Session(
+            record.id,
+            execution,
+            status,
+            record.create_time,
+            record.update_time,
+            record.queue_item_id,
+        )
+
+
+def graph_json(graph: Graph) -> dict[str, Any]:
+    """The graph as JSON: nodes with their direct inputs, edges as [source node, source
+    field, destination node, destination field]."""
+    return {
+        "nodes": [
+            {"id": node.id, "type": node.type.spec.name, "inputs": dict(node.inputs)}
+            for node in graph.nodes.values()
+        ],
+        "edges": [
+            [e.source.node_id, e.source.field, e.destination.node_id, e.destination.field]
+            for e in graph.edges
+        ],
+    }
+
+
+def _record(session: Session) -> SessionRecord:
+    state = session.execution.state
+    return SessionRecord(
+        session.id,
+        graph_json(session.graph),
+        {
+            "executed": list(state.executed),
+            "results": {key: dict(result.outputs) for key, result in state.results.items()},
+            "errors": {
+                key: {
+                    "error_type": failure.error_type,
+                    "error": failure.error,
+                    "cause": "" if failure.cause is None else type(failure.cause).__name__,
+                }
+                for key, failure in state.errors.items()
+            },
+        },
+        session.status.value,
+        session.queue_item_id,
+        session.create_time,
+        session.update_time,
+    )
+
+
+def _failure(saved: dict[str, str]) -> NodeFailure:
+    """A saved failure with its cause's class (so its status code) restored."""
+    cause_class = getattr(error_classes, saved.get("cause", ""), None)
+    cause = None
+    if isinstance(cause_class, type) and issubclass(cause_class, EaselError):
+        cause = cause_class(saved["error"], reason=saved["error_type"])
+    return NodeFailure(saved["error_type"], saved["error"], cause)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
