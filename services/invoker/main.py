@@ -50,7 +50,7 @@ async def build(server: ServiceServer, settings: InvokerSettings) -> None:
         image_service_pb2, image_service_pb2_grpc, "ImageService", ImageServicer(images)
     )
     inference = InferenceClient(settings)
-    models = ModelRecordsClient(settings)
+    models = ModelRecordsClient(settings, configured=settings.default_models)
     stubs = ServiceStubs(images, inference, models)
     session_store, queue_store = await asyncio.to_thread(
         lambda: (SqliteSessionStore(settings.sessions_db), SqliteQueueStore(settings.sessions_db))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import timedelta
 
 from google.protobuf import json_format, struct_pb2
 
@@ -12,6 +13,7 @@ from easel.invoker.v1 import session_service_pb2 as pb
 from services.common.error_status import code_for
 from services.common.errors import InvalidArgumentError
 from services.invoker import queue_convert
+from services.invoker.clients.inference import ModelLoad
 from services.invoker.execution import events as execution_events
 from services.invoker.execution.state import NodeFailure
 from services.invoker.graphs.graph import Edge, FieldRef, GraphNode, NodeSpec
@@ -19,6 +21,7 @@ from services.invoker.queue import items as queue_items
 from services.invoker.queue_convert import timestamp
 from services.invoker.sessions.events import (
     InvocationProgress,
+    ModelLoadEvent,
     SessionQueued,
     SessionSnapshot,
     SessionStarted,
@@ -128,12 +131,44 @@ def session_to_pb(session: Session) -> pb.Session:
     )
 
 
+def _model_load_to_pb(message: pb.SessionEvent, load: ModelLoad) -> None:
+    """Sets the model-load payload of the load's phase, field for field."""
+    if load.phase == "failed":
+        message.model_load_failed.CopyFrom(
+            pb.ModelLoadFailed(
+                model_key=load.model_key,
+                submodel_type=load.submodel_type,  # type: ignore[arg-type]
+                error_type=load.error_type,
+                error=load.error,
+                error_code=load.error_code,
+            )
+        )
+        return
+    loading = {
+        "model_key": load.model_key,
+        "submodel_type": load.submodel_type,
+        "hash": load.hash,
+        "path": load.path,
+        "device": load.device,
+        "precision": load.precision,
+    }
+    if load.phase == "started":
+        message.model_load_started.CopyFrom(pb.ModelLoadStarted(**loading))
+        return
+    completed = pb.ModelLoadCompleted(
+        **loading, size_bytes=load.size_bytes, cache_hit=load.cache_hit
+    )
+    completed.load_duration.FromTimedelta(timedelta(seconds=load.load_seconds))
+    message.model_load_completed.CopyFrom(completed)
+
+
 def run_mode_to_pb(mode: queue_items.RunMode) -> queue_pb.RunMode.ValueType:
     return queue_convert.RUN_MODES[mode]
 
 
-def event_to_pb(stamped: Stamped, dropped: int) -> pb.SessionEvent:
-    """A session event; `dropped`: events the watcher missed just before it."""
+def event_to_pb(stamped: Stamped, dropped: int, previews: bool = False) -> pb.SessionEvent:
+    """A session event; `dropped`: events the watcher missed just before it; `previews`:
+    whether progress carries its preview image."""
     event = stamped.event
     message = pb.SessionEvent(
         time=timestamp(stamped.time),
@@ -151,10 +186,17 @@ def event_to_pb(stamped: Stamped, dropped: int) -> pb.SessionEvent:
         case execution_events.InvocationStarted(node_id=node_id, type=type_name):
             message.node_id = node_id
             message.invocation_started.type = type_name
-        case InvocationProgress(node_id=node_id, step=step, total_steps=total):
+        case InvocationProgress(node_id=node_id, step=step, total_steps=total, preview=preview):
             message.node_id = node_id
             message.invocation_progress.step = step
             message.invocation_progress.total_steps = total
+            if previews and preview is not None:
+                message.invocation_progress.preview.CopyFrom(
+                    pb.PreviewImage(png=preview.png, width=preview.width, height=preview.height)
+                )
+        case ModelLoadEvent(node_id=node_id, load=load):
+            message.node_id = node_id
+            _model_load_to_pb(message, load)
         case execution_events.InvocationComplete():
             message.node_id = event.node_id
             message.invocation_complete.CopyFrom(

@@ -95,5 +95,7 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
         self, request: pb.WatchSessionEventsRequest, context: aio.ServicerContext
     ) -> AsyncIterator[pb.WatchSessionEventsResponse]:
         async for delivery in self._sessions.watch(request.session_ids):
-            event = convert.event_to_pb(delivery.event, delivery.dropped_before)
+            event = convert.event_to_pb(
+                delivery.event, delivery.dropped_before, request.include_previews
+            )
             yield pb.WatchSessionEventsResponse(event=event)

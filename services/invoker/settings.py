@@ -6,6 +6,7 @@ from pathlib import Path
 
 from pydantic import Field, ValidationInfo, field_validator
 
+from services.common.model_taxonomy import ModelType
 from services.common.settings import DEFAULT_ROOT, CommonSettings
 
 
@@ -22,6 +23,11 @@ class InvokerSettings(CommonSettings):
     node_cache_size: int = Field(default=1024, ge=0)
     """Most node outputs the node-output cache keeps (shared by every session); 0 turns
     it off."""
+
+    default_models: dict[ModelType, str] = Field(default_factory=dict)
+    """Model key a model input left empty takes, per model type (`{"main": "<key>",
+    "upscaler": "<key>"}`; in the environment as JSON). A type not named here takes its
+    only installed model."""
 
     @field_validator("custom_nodes_dir", "sessions_db")
     @classmethod

@@ -113,7 +113,7 @@ def context_for(
     services: Services,
     node: BaseInvocation,
     session_id: str,
-    progress: ProgressSink = lambda step, total, message="": None,
+    progress: ProgressSink = lambda step, total, message="", preview=None: None,
 ) -> InvocationContext:
     images = NodeImages(suite.library, session_id, "node", dict, node.model_dump(mode="json"))
     return InvocationContext(
@@ -153,7 +153,11 @@ async def test_txt2img_then_upscale_with_the_default_models_store_pngs(
     progress: list[tuple[int, int]] = []
     node = txt2img()  # no model: the only installed main model
     context = context_for(
-        suite, services, node, "t2i", lambda step, total, message="": progress.append((step, total))
+        suite,
+        services,
+        node,
+        "t2i",
+        lambda step, total, message="", preview=None: progress.append((step, total)),
     )
     output = await node.invoke(context)
 
@@ -217,7 +221,7 @@ async def test_an_empty_model_input_without_a_single_model_of_its_type_is_refuse
 def stepping(suite: Suite, services: Services, node: BaseInvocation, session_id: str):
     """A context for `node` and an event set once its generation reports a step."""
     stepped = asyncio.Event()
-    progress = lambda step, total, message="": stepped.set()  # noqa: E731
+    progress = lambda step, total, message="", preview=None: stepped.set()  # noqa: E731
     return context_for(suite, services, node, session_id, progress), stepped
 
 

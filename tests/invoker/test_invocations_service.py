@@ -1,6 +1,7 @@
 """InvocationService against a real invoker process: the schemas over gRPC are the ones
 the classes give, paging and errors are as the proto says, and a custom node file dropped
-into the folder appears after a restart (a broken one is skipped, the server still serves)."""
+into the folder appears after a restart and runs in a session (a broken one is skipped, the
+server still serves)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import pytest
 from google.protobuf import json_format
 
 from clients.sdk import EaselClient
+from easel.invoker.v1 import graph_pb2
 from easel.invoker.v1 import invocation_service_pb2 as pb
+from easel.invoker.v1 import session_service_pb2 as session_pb
 from services.common import errors
 from services.invoker.invocation_convert import invocation_type_to_pb
 from services.invoker.invocations.registry import load_registry
@@ -121,3 +124,14 @@ def test_a_custom_node_file_appears_after_a_restart(run_service, easel_env):
     log = after.log()
     assert "custom node file skipped" in log
     assert "RuntimeError: this node is broken" in log
+
+    with EaselClient(client_settings(easel_env)) as client:
+        graph = graph_pb2.Graph(nodes=[graph_pb2.Node(id="loud", type="shout")])
+        graph.nodes[0].inputs.update({"text": "hello"})
+        session = client.sessions.CreateSession(session_pb.CreateSessionRequest(graph=graph))
+        session_id = session.session.id
+        client.sessions.InvokeSession(session_pb.InvokeSessionRequest(session_id=session_id))
+        wait = session_pb.WaitSessionRequest(session_id=session_id)
+        done = client.sessions.WaitSession(wait, timeout=30).session
+    assert done.status == graph_pb2.SESSION_STATUS_COMPLETED
+    assert json_format.MessageToDict(done.state.results["loud"]) == {"text": "HELLO"}

@@ -3,7 +3,8 @@
 Each call creates one generation, waits for it to end and returns its result as plain
 values (PNG bytes or a tensor name). Cancelling the awaiting task, or setting the caller's
 `cancelled` event, cancels the generation in the inference service too, so a cancelled
-node never leaves the GPU busy. Progress events of the generation reach `on_progress`.
+node never leaves the GPU busy. Progress events of the generation (with their previews)
+reach `on_progress`, and its model loads `on_model_load`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
@@ -23,9 +25,42 @@ from services.common.error_status import ERROR_BY_CODE, from_rpc_error
 from services.common.settings import CommonSettings
 
 CANCEL_TIMEOUT_S = 10.0
+RELAY_DRAIN_S = 5.0
+"""How long a finished generation's last events may take to be relayed."""
 
-ProgressCallback = Callable[[int, int], None]
-"""Called with (step, total_steps) as a generation advances."""
+
+@dataclass(frozen=True)
+class Preview:
+    """A small PNG of a generation's work in progress."""
+
+    png: bytes
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class ModelLoad:
+    """A model load of a generation, as the inference service reports it: `phase` is
+    "started", "completed" or "failed"; the fields of the other phases stay empty."""
+
+    phase: str
+    model_key: str
+    submodel_type: int
+    hash: str = ""
+    path: str = ""
+    device: str = ""
+    precision: str = ""
+    size_bytes: int = 0
+    load_seconds: float = 0.0
+    cache_hit: bool = False
+    error_type: str = ""
+    error: str = ""
+    error_code: int = 0
+
+
+ProgressCallback = Callable[[int, int, Preview | None], None]
+"""Called with (step, total_steps, preview or None) as a generation advances."""
+ModelLoadCallback = Callable[[ModelLoad], None]
 
 _STATUS_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
 
@@ -33,12 +68,15 @@ _STATUS_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
 @dataclass(frozen=True)
 class Origin:
     """Who asks for a generation: the session and node it is recorded under, where its
-    progress goes, and the event that cancels it."""
+    progress (with a preview per step when `previews`) and model loads go, and the event
+    that cancels it."""
 
     session_id: str = ""
     invocation_id: str = ""
     on_progress: ProgressCallback | None = None
     cancelled: asyncio.Event | None = None
+    on_model_load: ModelLoadCallback | None = None
+    previews: bool = False
 
 
 @dataclass(frozen=True)
@@ -199,18 +237,25 @@ class InferenceClient:
 
     async def _run(self, origin: Origin, **operation: object) -> pb.Generation:
         """Create the generation, wait for its end and return it once COMPLETED."""
+        preview = pb.PREVIEW_MODE_EVERY_STEP if origin.previews else pb.PREVIEW_MODE_NONE
         request = pb.CreateGenerationRequest(
-            session_id=origin.session_id, invocation_id=origin.invocation_id, **operation
+            session_id=origin.session_id,
+            invocation_id=origin.invocation_id,
+            preview=preview,
+            **operation,
         )
         created = await self._call(self._stub.CreateGeneration(request))
         generation_id = created.generation.id
         watch = (
-            asyncio.create_task(self._relay_progress(generation_id, origin.on_progress))
-            if origin.on_progress is not None
+            asyncio.create_task(self._relay_events(generation_id, origin))
+            if origin.on_progress is not None or origin.on_model_load is not None
             else None
         )
         try:
             generation = await self._wait(generation_id, origin.cancelled)
+            if watch is not None:
+                # The watch ends by itself after the generation's last event: relay them all.
+                await asyncio.wait({watch}, timeout=RELAY_DRAIN_S)
         except asyncio.CancelledError:
             await asyncio.shield(self._cancel(generation_id))
             raise
@@ -248,13 +293,22 @@ class InferenceClient:
         with contextlib.suppress(grpc.aio.AioRpcError):
             await self._stub.CancelGeneration(request, timeout=CANCEL_TIMEOUT_S)
 
-    async def _relay_progress(self, generation_id: str, on_progress: ProgressCallback) -> None:
+    async def _relay_events(self, generation_id: str, origin: Origin) -> None:
+        """Passes the generation's progress and model loads to the origin's callbacks."""
         request = pb.WatchInferenceEventsRequest(generation_ids=[generation_id])
         with contextlib.suppress(grpc.aio.AioRpcError):
             async for response in self._stub.WatchInferenceEvents(request):
-                if response.event.HasField("generation_progress"):
-                    progress = response.event.generation_progress
-                    on_progress(progress.step, progress.total_steps)
+                event = response.event
+                kind = event.WhichOneof("payload")
+                if kind == "generation_progress" and origin.on_progress is not None:
+                    progress = event.generation_progress
+                    preview = None
+                    if progress.HasField("preview"):
+                        shown = progress.preview
+                        preview = Preview(shown.png, shown.width, shown.height)
+                    origin.on_progress(progress.step, progress.total_steps, preview)
+                elif kind in _LOAD_PHASES and origin.on_model_load is not None:
+                    origin.on_model_load(_model_load(_LOAD_PHASES[kind], getattr(event, kind)))
 
     @staticmethod
     async def _call(call):
@@ -262,6 +316,23 @@ class InferenceClient:
             return await call
         except grpc.aio.AioRpcError as error:
             raise from_rpc_error(error) from None
+
+
+_LOAD_PHASES = {
+    "model_load_started": "started",
+    "model_load_completed": "completed",
+    "model_load_failed": "failed",
+}
+
+
+def _model_load(phase: str, load: Any) -> ModelLoad:
+    """A model-load event of any phase as one plain value (absent fields stay empty)."""
+    present = {field.name: value for field, value in load.ListFields()}
+    duration = present.pop("load_duration", None)
+    seconds = 0.0 if duration is None else duration.ToTimedelta().total_seconds()
+    return ModelLoad(
+        phase, load_seconds=seconds, **{"model_key": "", "submodel_type": 0, **present}
+    )
 
 
 def _completed(generation: pb.Generation) -> pb.Generation:

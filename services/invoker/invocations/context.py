@@ -8,12 +8,13 @@ services through the invoker's domain-level clients (no wire types reach a node)
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from services.common.errors import OperationCancelledError
 from services.common.model_taxonomy import ModelType
-from services.invoker.clients.inference import InferenceClient, Origin
+from services.invoker.clients.inference import InferenceClient, ModelLoad, Origin, Preview
 from services.invoker.clients.model_records import ModelRecordsClient
 from services.invoker.invocations.fields import ImageRef, ModelRef
 
@@ -37,9 +38,16 @@ class ImageAccess(Protocol):
 
 
 class ProgressSink(Protocol):
-    """Where a node reports how far it has come (relayed as session events)."""
+    """Where a node reports how far it has come, with a preview of its work when it has
+    one (relayed as session events)."""
 
-    def __call__(self, step: int, total: int, message: str = "") -> None: ...
+    def __call__(
+        self, step: int, total: int, message: str = "", preview: Preview | None = None
+    ) -> None: ...
+
+
+ModelLoadSink = Callable[[ModelLoad], None]
+"""Where the model loads of a node's generations go (relayed as session events)."""
 
 
 @dataclass
@@ -54,6 +62,7 @@ class InvocationContext:
     progress: ProgressSink
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
     """Set when the run is cancelled; long nodes check it (or pass it on) between steps."""
+    model_loads: ModelLoadSink | None = None
 
     def raise_if_cancelled(self) -> None:
         """Stop a node at a safe point once its run has been cancelled."""
@@ -67,8 +76,10 @@ class InvocationContext:
         return Origin(
             session_id=self.session_id,
             invocation_id=self.node_id,
-            on_progress=lambda step, total: self.progress(step, total),
+            on_progress=lambda step, total, preview: self.progress(step, total, preview=preview),
             cancelled=self.cancelled,
+            on_model_load=self.model_loads,
+            previews=True,
         )
 
     async def model_key(self, field: str, given: ModelRef | None, model_type: ModelType) -> str:

@@ -12,9 +12,9 @@ from services.invoker.clients.inference import InferenceClient
 from services.invoker.clients.model_records import ModelRecordsClient
 from services.invoker.execution.executor import ContextFactory
 from services.invoker.images.library import ImageLibrary
-from services.invoker.invocations.context import InvocationContext, ProgressSink
+from services.invoker.invocations.context import InvocationContext
 from services.invoker.invocations.fields import ImageRef
-from services.invoker.sessions.manager import GraphJson, NodeInputs
+from services.invoker.sessions.manager import GraphJson, NodeInputs, NodeReporter
 
 
 @dataclass(frozen=True)
@@ -59,20 +59,22 @@ def context_factory(
     session_id: str,
     graph: GraphJson,
     node_inputs: NodeInputs,
-    progress: Callable[[str], ProgressSink],
+    reporter: Callable[[str], NodeReporter],
 ) -> ContextFactory:
     """Makes the context of each run of the session's nodes."""
 
     def make(run_id: str, cancelled: asyncio.Event) -> InvocationContext:
         images = NodeImages(stubs.images, session_id, run_id, graph, node_inputs(run_id))
+        report = reporter(run_id)
         return InvocationContext(
             session_id,
             run_id,
             images,
             stubs.inference,
             stubs.models,
-            progress(run_id),
+            report,
             cancelled,
+            model_loads=report.model_load,
         )
 
     return make

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from services.invoker.clients.inference import ModelLoad, Preview
 from services.invoker.execution.events import ExecutionEvent
 from services.invoker.queue.items import RunMode
 
@@ -31,6 +32,16 @@ class InvocationProgress(ExecutionEvent):
     node_id: str
     step: int
     total_steps: int
+    preview: Preview | None = None
+
+
+@dataclass(frozen=True)
+class ModelLoadEvent(ExecutionEvent):
+    """A model load of a node's generation, relayed from the inference service;
+    `node_id` is the node's run id."""
+
+    node_id: str
+    load: ModelLoad
 
 
 @dataclass(frozen=True)

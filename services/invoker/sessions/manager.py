@@ -5,6 +5,8 @@ A session's status follows its queue item while it has one queued or running (QU
 RUNNING) and its execution's settled status otherwise. A changed session is saved once
 per turn of the event loop (a node's result included, so a crash loses at most the node
 that was running); the writes run on one worker thread, off the event loop, in order.
+A save writes only what changed since the last one (new nodes, edges and runs, and the
+status row), so its cost never grows with the session.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from services.common.errors import (
     NotFoundError,
 )
 from services.common.event_bus import ChangeSignal, Delivery, EventBus, follow
+from services.invoker.clients.inference import ModelLoad, Preview
 from services.invoker.execution.cache import OutputCache
 from services.invoker.execution.events import (
     ExecutionEvent,
@@ -37,7 +40,6 @@ from services.invoker.execution.events import (
 from services.invoker.execution.executor import ContextFactory, GraphExecution
 from services.invoker.execution.state import NodeFailure, RunMode, SettledStatus
 from services.invoker.graphs.graph import Edge, FieldRef, Graph, GraphNode, NodeSpec
-from services.invoker.invocations.context import ProgressSink
 from services.invoker.invocations.registry import InvocationRegistry
 from services.invoker.queue import items as queue_items
 from services.invoker.queue.batch import BatchField, BatchMode, expand_batch
@@ -45,12 +47,13 @@ from services.invoker.queue.items import ItemError, QueueItem, QueueItemStatus
 from services.invoker.queue.queue import InvocationQueue
 from services.invoker.sessions.events import (
     InvocationProgress,
+    ModelLoadEvent,
     SessionQueued,
     SessionSnapshot,
     SessionStarted,
     Stamped,
 )
-from services.invoker.sessions.store import SessionRecord, SessionStore
+from services.invoker.sessions.store import EdgeJson, SessionChange, SessionRecord, SessionStore
 
 log = structlog.get_logger(__name__)
 
@@ -59,11 +62,34 @@ GraphJson = Callable[[], dict[str, Any]]
 NodeInputs = Callable[[str], dict[str, Any]]
 """The direct inputs of the node of a run id."""
 
-ProgressFor = Callable[[str], ProgressSink]
-ContextFactoryFor = Callable[[str, GraphJson, NodeInputs, ProgressFor], ContextFactory]
+
+@dataclass(frozen=True)
+class NodeReporter:
+    """Where one run's progress (a ProgressSink) and model loads go: the session's
+    events, in the order they happen."""
+
+    publish: Callable[[ExecutionEvent], None]
+    session_id: str
+    run_id: str
+    queue_item_id: Callable[[], int]
+
+    def __call__(
+        self, step: int, total: int, message: str = "", preview: Preview | None = None
+    ) -> None:
+        progress = InvocationProgress(
+            self.session_id, self.queue_item_id(), self.run_id, step, total, preview
+        )
+        self.publish(progress)
+
+    def model_load(self, load: ModelLoad) -> None:
+        self.publish(ModelLoadEvent(self.session_id, self.queue_item_id(), self.run_id, load))
+
+
+ReporterFor = Callable[[str], NodeReporter]
+ContextFactoryFor = Callable[[str, GraphJson, NodeInputs, ReporterFor], ContextFactory]
 """Makes the node-context factory of one session from its id, its graph as JSON, the
 direct inputs of a run's node (for the provenance of the images it saves) and where a
-run's progress goes."""
+run's progress and model loads go."""
 
 FailureCode = Callable[[NodeFailure], int]
 """The gRPC status code number classifying a node failure (the servicer layer knows it)."""
@@ -91,6 +117,17 @@ SETTLED = {
     SettledStatus.CANCELLED: SessionStatus.CANCELLED,
 }
 RUN_MODES = {queue_items.RunMode.ALL: RunMode.ALL, queue_items.RunMode.NEXT: RunMode.NEXT}
+
+
+@dataclass
+class _Unsaved:
+    """What changed in a session since it was last saved: all of it when `new`, else the
+    nodes, edges and run ids added (the status row is written with every save)."""
+
+    new: bool = False
+    nodes: list[dict[str, Any]] = field(default_factory=list)
+    edges: list[EdgeJson] = field(default_factory=list)
+    runs: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -135,7 +172,7 @@ class SessionManager:
         self._sessions: dict[str, Session] = {}
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sessions-db")
         self._changed = ChangeSignal()
-        self._dirty: set[str] = set()
+        self._unsaved: dict[str, _Unsaved] = {}
         self._flush_scheduled = False
         self.queue = InvocationQueue(
             queue_store, on_cancel=self._item_cancelled, on_change=self._item_changed
@@ -170,7 +207,7 @@ class SessionManager:
         execution = self._execution(session_id, graph)
         session = Session(session_id, execution, SessionStatus.IDLE, now, now)
         self._sessions[session_id] = session
-        self._save(session)
+        self._save(session).new = True
         return session
 
     def get(self, session_id: str) -> Session:
@@ -209,7 +246,9 @@ class SessionManager:
         execution.node_added(node.id)
         if not session.status.busy:
             session.status = SETTLED[execution.status]
-        self._touch(session)
+        unsaved = self._touch(session)
+        unsaved.nodes.append(_node_json(node))
+        unsaved.edges.extend(_edge_json(edge) for edge in edges)
         return node, edges, session.status
 
     def add_edge(self, session_id: str, edge: Edge) -> Edge:
@@ -226,7 +265,7 @@ class SessionManager:
         execution.edge_added(added)
         if not session.status.busy:
             session.status = SETTLED[execution.status]
-        self._touch(session)
+        self._touch(session).edges.append(_edge_json(added))
         return added
 
     async def invoke(self, session_id: str, run_all: bool, priority: int) -> QueueItem:
@@ -409,16 +448,15 @@ class SessionManager:
         def node_inputs(run_id: str) -> dict[str, Any]:
             return dict(graph.nodes[run_id.split("#")[0]].inputs)
 
-        def progress_for(run_id: str) -> ProgressSink:
-            def report(step: int, total: int, message: str = "") -> None:
-                session = self._sessions.get(session_id)
-                item_id = 0 if session is None else session.queue_item_id
-                progress = InvocationProgress(session_id, item_id, run_id, step, total)
-                self.events.publish(Stamped(_now(), progress))
+        def queue_item_id() -> int:
+            session = self._sessions.get(session_id)
+            return 0 if session is None else session.queue_item_id
 
-            return report
+        def reporter_for(run_id: str) -> NodeReporter:
+            publish = self._publish
+            return NodeReporter(publish, session_id, run_id, queue_item_id)
 
-        contexts = self._contexts(session_id, lambda: graph_json(graph), node_inputs, progress_for)
+        contexts = self._contexts(session_id, lambda: graph_json(graph), node_inputs, reporter_for)
         return GraphExecution(session_id, graph, contexts, cache=self._cache, emit=self._emit)
 
     def _emit(self, event: ExecutionEvent) -> None:
@@ -427,30 +465,45 @@ class SessionManager:
         if isinstance(event, InvocationComplete | InvocationError):
             session = self._sessions.get(event.session_id)
             if session is not None:
-                self._save(session)
+                self._save(session).runs.append(event.node_id)
         self.events.publish(Stamped(_now(), event))
 
-    def _touch(self, session: Session) -> None:
-        session.update_time = _now()
-        self._save(session)
-        self._changed.notify()
+    async def saved(self) -> None:
+        """Returns once every change made so far is written to the store."""
+        self._flush()
+        await asyncio.get_running_loop().run_in_executor(self._writer, lambda: None)
 
-    def _save(self, session: Session) -> None:
-        """Marks the session for saving; every change of one turn of the event loop is
-        written once, so a run of many quick nodes does not rewrite its session per node."""
-        self._dirty.add(session.id)
+    def _publish(self, event: ExecutionEvent) -> None:
+        """Publishes a relayed event; a slow watcher drops it, the run never waits."""
+        self.events.publish(Stamped(_now(), event))
+
+    def _touch(self, session: Session) -> _Unsaved:
+        session.update_time = _now()
+        self._changed.notify()
+        return self._save(session)
+
+    def _save(self, session: Session) -> _Unsaved:
+        """Marks the session for saving and returns where its changes are noted; every
+        change of one turn of the event loop is written at once."""
+        unsaved = self._unsaved.setdefault(session.id, _Unsaved())
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
+        return unsaved
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        dirty, self._dirty = self._dirty, set()
-        for session_id in dirty:
+        unsaved, self._unsaved = self._unsaved, {}
+        for session_id, changes in unsaved.items():
             session = self._sessions.get(session_id)
-            if session is not None:
+            if session is None:
+                continue
+            if changes.new:
                 record = _record(session)
-                self._write(lambda record=record: self._store.put(record))
+                self._write(lambda record=record: self._store.create(record))
+            else:
+                change = _change(session, changes)
+                self._write(lambda change=change: self._store.update(change))
 
     def _write(self, work: Callable[[], None]) -> None:
         self._writer.submit(work)
@@ -478,15 +531,42 @@ def graph_json(graph: Graph) -> dict[str, Any]:
     """The graph as JSON: nodes with their direct inputs, edges as [source node, source
     field, destination node, destination field]."""
     return {
-        "nodes": [
-            {"id": node.id, "type": node.type.spec.name, "inputs": dict(node.inputs)}
-            for node in graph.nodes.values()
-        ],
-        "edges": [
-            [e.source.node_id, e.source.field, e.destination.node_id, e.destination.field]
-            for e in graph.edges
-        ],
+        "nodes": [_node_json(node) for node in graph.nodes.values()],
+        "edges": [_edge_json(edge) for edge in graph.edges],
     }
+
+
+def _node_json(node: GraphNode) -> dict[str, Any]:
+    return {"id": node.id, "type": node.type.spec.name, "inputs": dict(node.inputs)}
+
+
+def _edge_json(edge: Edge) -> EdgeJson:
+    return [
+        edge.source.node_id,
+        edge.source.field,
+        edge.destination.node_id,
+        edge.destination.field,
+    ]
+
+
+def _failure_json(failure: NodeFailure) -> dict[str, str]:
+    cause = "" if failure.cause is None else type(failure.cause).__name__
+    return {"error_type": failure.error_type, "error": failure.error, "cause": cause}
+
+
+def _change(session: Session, unsaved: _Unsaved) -> SessionChange:
+    """The runs, nodes and edges noted since the last save, with the status row."""
+    state = session.execution.state
+    return SessionChange(
+        session.id,
+        session.status.value,
+        session.queue_item_id,
+        session.update_time,
+        unsaved.nodes,
+        unsaved.edges,
+        {key: dict(state.results[key].outputs) for key in unsaved.runs if key in state.results},
+        {key: _failure_json(state.errors[key]) for key in unsaved.runs if key in state.errors},
+    )
 
 
 def _record(session: Session) -> SessionRecord:
@@ -497,14 +577,7 @@ def _record(session: Session) -> SessionRecord:
         {
             "executed": list(state.executed),
             "results": {key: dict(result.outputs) for key, result in state.results.items()},
-            "errors": {
-                key: {
-                    "error_type": failure.error_type,
-                    "error": failure.error,
-                    "cause": "" if failure.cause is None else type(failure.cause).__name__,
-                }
-                for key, failure in state.errors.items()
-            },
+            "errors": {key: _failure_json(failure) for key, failure in state.errors.items()},
         },
         session.status.value,
         session.queue_item_id,

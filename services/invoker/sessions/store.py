@@ -1,9 +1,10 @@
 """Where sessions are kept between changes and across restarts.
 
-A session is stored as JSON (its graph, the results and errors of its execution, its
-status), so the store knows nothing of node types; the session manager rebuilds the graph
-through the registry on load. The store is an interface so that a shared database can
-replace the embedded SQLite file.
+A session is stored as JSON pieces (its nodes, its edges, each run's result or failure,
+its status), so the store knows nothing of node types; the session manager rebuilds the
+graph through the registry on load. Each piece is its own row, so a change writes only
+what changed: adding a node to a session of any size writes that node and its edges.
+The store is an interface so that a shared database can replace the embedded SQLite file.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import json
 import sqlite3
 import threading
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -20,10 +22,15 @@ from typing import Any
 SESSIONS_DB = Path("databases/sessions.db")
 """The SQLite file of the sessions, relative to the root."""
 
+EdgeJson = list[str]
+"""An edge as [source node, source field, destination node, destination field]."""
+
 
 @dataclass(frozen=True)
 class SessionRecord:
-    """A session as stored: `graph` and `state` are JSON-ready dicts."""
+    """A whole session as stored: `graph` holds `nodes` (dicts with id, type, inputs) and
+    `edges`; `state` holds `executed` (run ids in the order they finished), `results`
+    and `errors` by run id."""
 
     id: str
     graph: dict[str, Any]
@@ -34,12 +41,32 @@ class SessionRecord:
     update_time: datetime
 
 
+@dataclass(frozen=True)
+class SessionChange:
+    """What changed in a stored session: its status row, and the nodes, edges and runs
+    added since the last change (results in the order they finished)."""
+
+    id: str
+    status: str
+    queue_item_id: int
+    update_time: datetime
+    nodes: Sequence[Mapping[str, Any]] = ()
+    edges: Sequence[EdgeJson] = ()
+    results: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    errors: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+
 class SessionStore(ABC):
     """Session records by id; calls come from one thread at a time."""
 
     @abstractmethod
-    def put(self, record: SessionRecord) -> None:
-        """Insert or replace the record."""
+    def create(self, record: SessionRecord) -> None:
+        """Stores a new session whole."""
+
+    @abstractmethod
+    def update(self, change: SessionChange) -> None:
+        """Writes a change of a stored session; the cost follows the change, not the
+        session."""
 
     @abstractmethod
     def delete(self, session_id: str) -> None: ...
@@ -52,54 +79,119 @@ class SessionStore(ABC):
     def close(self) -> None: ...
 
 
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS session (id TEXT PRIMARY KEY, status TEXT NOT NULL, "
+    "queue_item_id INTEGER NOT NULL, create_time TEXT NOT NULL, update_time TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS session_node (session_id TEXT NOT NULL, body TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS session_node_session ON session_node (session_id)",
+    "CREATE TABLE IF NOT EXISTS session_edge (session_id TEXT NOT NULL, body TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS session_edge_session ON session_edge (session_id)",
+    "CREATE TABLE IF NOT EXISTS session_run (session_id TEXT NOT NULL, run_id TEXT NOT NULL, "
+    "failed INTEGER NOT NULL, body TEXT NOT NULL, PRIMARY KEY (session_id, run_id))",
+)
+
+
 class SqliteSessionStore(SessionStore):
-    """Records in one WAL-mode SQLite file."""
+    """Sessions in one WAL-mode SQLite file: a row per session, per node, per edge and per
+    run, each kept in the order it was written (rowid)."""
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS sessions (id TEXT PRIMARY KEY, graph TEXT NOT NULL, "
-            "state TEXT NOT NULL, status TEXT NOT NULL, queue_item_id INTEGER NOT NULL, "
-            "create_time TEXT NOT NULL, update_time TEXT NOT NULL)"
-        )
+        for statement in _SCHEMA:
+            self._db.execute(statement)
 
-    def put(self, record: SessionRecord) -> None:
-        with self._lock:
+    def trace(self, callback: Any) -> None:
+        """Calls `callback` with each SQL statement run (with its values), to see what a
+        change costs."""
+        self._db.set_trace_callback(callback)
+
+    def create(self, record: SessionRecord) -> None:
+        change = SessionChange(
+            record.id,
+            record.status,
+            record.queue_item_id,
+            record.update_time,
+            record.graph["nodes"],
+            record.graph["edges"],
+            {key: record.state["results"][key] for key in record.state["executed"]},
+            record.state["errors"],
+        )
+        with self._lock, self._db:
+            self._db.execute("BEGIN")
             self._db.execute(
-                "INSERT OR REPLACE INTO sessions VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO session VALUES (?, ?, ?, ?, ?)",
                 (
                     record.id,
-                    json.dumps(record.graph),
-                    json.dumps(record.state),
                     record.status,
                     record.queue_item_id,
                     record.create_time.isoformat(),
                     record.update_time.isoformat(),
                 ),
             )
+            self._write_parts(change)
+
+    def update(self, change: SessionChange) -> None:
+        with self._lock, self._db:
+            self._db.execute("BEGIN")
+            self._db.execute(
+                "UPDATE session SET status = ?, queue_item_id = ?, update_time = ? WHERE id = ?",
+                (change.status, change.queue_item_id, change.update_time.isoformat(), change.id),
+            )
+            self._write_parts(change)
+
+    def _write_parts(self, change: SessionChange) -> None:
+        rows = [(change.id, json.dumps(node)) for node in change.nodes]
+        self._db.executemany("INSERT INTO session_node VALUES (?, ?)", rows)
+        rows = [(change.id, json.dumps(edge)) for edge in change.edges]
+        self._db.executemany("INSERT INTO session_edge VALUES (?, ?)", rows)
+        runs = [(change.id, key, 0, json.dumps(dict(v))) for key, v in change.results.items()]
+        runs += [(change.id, key, 1, json.dumps(dict(v))) for key, v in change.errors.items()]
+        self._db.executemany("INSERT OR REPLACE INTO session_run VALUES (?, ?, ?, ?)", runs)
 
     def delete(self, session_id: str) -> None:
-        with self._lock:
-            self._db.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
+        with self._lock, self._db:
+            self._db.execute("BEGIN")
+            for table in ("session_node", "session_edge", "session_run"):
+                self._db.execute(f"DELETE FROM {table} WHERE session_id = ?", (session_id,))
+            self._db.execute("DELETE FROM session WHERE id = ?", (session_id,))
 
     def all(self) -> list[SessionRecord]:
         with self._lock:
-            rows = self._db.execute("SELECT * FROM sessions ORDER BY create_time").fetchall()
+            sessions = self._db.execute("SELECT * FROM session ORDER BY create_time").fetchall()
+            nodes = self._parts("SELECT session_id, body FROM session_node ORDER BY rowid")
+            edges = self._parts("SELECT session_id, body FROM session_edge ORDER BY rowid")
+            runs = self._db.execute(
+                "SELECT session_id, run_id, failed, body FROM session_run ORDER BY rowid"
+            ).fetchall()
+        results: dict[str, dict[str, Any]] = {}
+        errors: dict[str, dict[str, Any]] = {}
+        for session_id, run_id, failed, body in runs:
+            (errors if failed else results).setdefault(session_id, {})[run_id] = json.loads(body)
         return [
             SessionRecord(
                 row[0],
-                json.loads(row[1]),
-                json.loads(row[2]),
-                row[3],
-                row[4],
-                datetime.fromisoformat(row[5]),
-                datetime.fromisoformat(row[6]),
+                {"nodes": nodes.get(row[0], []), "edges": edges.get(row[0], [])},
+                {
+                    "executed": list(results.get(row[0], {})),
+                    "results": results.get(row[0], {}),
+                    "errors": errors.get(row[0], {}),
+                },
+                row[1],
+                row[2],
+                datetime.fromisoformat(row[3]),
+                datetime.fromisoformat(row[4]),
             )
-            for row in rows
+            for row in sessions
         ]
+
+    def _parts(self, query: str) -> dict[str, list[Any]]:
+        parts: dict[str, list[Any]] = {}
+        for session_id, body in self._db.execute(query):
+            parts.setdefault(session_id, []).append(json.loads(body))
+        return parts
 
     def close(self) -> None:
         with self._lock:

@@ -1,0 +1,246 @@
+"""A session graph through the real invoker, inference and model manager processes with
+the tiny models (64x64, 2 steps): txt2img → img2img → upscale → save_image over gRPC, the
+saved PNG in ImageService saying how it was made, the session's events in order with the
+inference service's progress, previews and model loads relayed; and a session cancelled
+mid-denoise ending CANCELLED with its generation cancelled too."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from google.protobuf import json_format
+from PIL import Image
+
+from clients.sdk import EaselClient
+from easel.inference.v1 import generation_service_pb2 as gen_pb
+from easel.invoker.v1 import graph_pb2
+from easel.invoker.v1 import image_service_pb2 as image_pb
+from easel.invoker.v1 import session_service_pb2 as pb
+from easel.model_manager.v1 import model_pb2 as m
+from easel.model_manager.v1 import model_record_service_pb2 as records_pb
+from tests.conftest import SUITE_TOKEN
+from tests.model_fixtures import ModelZoo
+from tests.processes import client_settings, start_service, suite_env, wait_serving
+
+SIZE = 64
+STEPS = 2
+WAIT_S = 120
+
+
+@dataclass
+class Suite:
+    client: EaselClient
+    sd1: str
+    x4: str
+
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Suite]:
+    folder = tmp_path_factory.mktemp("sessions_e2e")
+    zoo = ModelZoo(folder / "zoo")
+    root = folder / "root"
+    root.mkdir()
+    env = suite_env(root, EASEL_AUTH_TOKEN=SUITE_TOKEN)
+    started = []
+    try:
+        for name in ("model_manager", "inference", "invoker"):
+            started.append(start_service(name, env, folder))
+        for service in started:
+            wait_serving(service)
+        with EaselClient(client_settings(env)) as client:
+            sd1 = _register(
+                client,
+                "sd1",
+                zoo.sd1_diffusers,
+                m.BASE_MODEL_TYPE_SD_1,
+                m.MODEL_TYPE_MAIN,
+                format=m.MODEL_FORMAT_DIFFUSERS,
+                repo_variant=m.MODEL_REPO_VARIANT_DEFAULT,
+            )
+            x4 = _register(
+                client,
+                "x4",
+                zoo.esrgan_x4,
+                m.BASE_MODEL_TYPE_ANY,
+                m.MODEL_TYPE_UPSCALER,
+                format=m.MODEL_FORMAT_CHECKPOINT,
+                upscaler=m.UpscalerSettings(scale=4),
+            )
+            yield Suite(client, sd1, x4)
+    finally:
+        for service in reversed(started):
+            service.stop()
+
+
+def _register(
+    client: EaselClient, name: str, path: Path, base: int, type: int, **fields: Any
+) -> str:
+    config = m.ModelConfig(name=name, path=str(path), base=base, type=type, **fields)
+    return client.model_records.CreateModel(records_pb.CreateModelRequest(model=config)).model.key
+
+
+def node(node_id: str, type_name: str, **inputs: Any) -> graph_pb2.Node:
+    message = graph_pb2.Node(id=node_id, type=type_name)
+    message.inputs.update(inputs)
+    return message
+
+
+def edge(source: str, destination: str) -> graph_pb2.Edge:
+    source_node, source_field = source.split(".")
+    destination_node, destination_field = destination.split(".")
+    return graph_pb2.Edge(
+        source=graph_pb2.EdgeConnection(node_id=source_node, field=source_field),
+        destination=graph_pb2.EdgeConnection(node_id=destination_node, field=destination_field),
+    )
+
+
+def create(client: EaselClient, nodes, edges=()) -> pb.Session:
+    request = pb.CreateSessionRequest(graph=graph_pb2.Graph(nodes=nodes, edges=edges))
+    return client.sessions.CreateSession(request).session
+
+
+def denoising(**inputs: Any) -> dict[str, Any]:
+    return {"prompt": "a cat", "steps": STEPS, "seed": 5, **inputs}
+
+
+def watch_run(client: EaselClient, session_id: str, on_event=None) -> list[pb.SessionEvent]:
+    """Every event of one run of the session, from its snapshot to its terminal event;
+    the run is invoked once the watch has its snapshot, so no event is missed."""
+    request = pb.WatchSessionEventsRequest(session_ids=[session_id], include_previews=True)
+    stream = client.sessions.WatchSessionEvents(request, timeout=WAIT_S)
+    events = []
+    try:
+        for response in stream:
+            event = response.event
+            events.append(event)
+            if event.HasField("snapshot"):
+                invoke = pb.InvokeSessionRequest(session_id=session_id, all=True)
+                client.sessions.InvokeSession(invoke)
+            if on_event is not None:
+                on_event(event)
+            if event.WhichOneof("payload") in TERMINAL:
+                break
+    finally:
+        stream.cancel()
+    return events
+
+
+TERMINAL = {"session_complete", "session_cancelled", "session_error"}
+PER_NODE = {
+    "invocation_started",
+    "invocation_progress",
+    "invocation_complete",
+    "model_load_started",
+    "model_load_completed",
+}
+
+
+def png_bytes(client: EaselClient, name: str) -> bytes:
+    request = image_pb.GetImageContentRequest(name=name)
+    return b"".join(part.chunk for part in client.images.GetImageContent(request))
+
+
+def test_a_generation_graph_runs_and_its_events_arrive_in_order(suite):
+    client = suite.client
+    session = create(
+        client,
+        [
+            node("t2i", "txt2img", **denoising(width=SIZE, height=SIZE)),
+            node("i2i", "img2img", **denoising(strength=0.5)),
+            node("up", "upscale"),
+            node("save", "save_image"),
+        ],
+        [
+            edge("t2i.image", "i2i.image"),
+            edge("i2i.image", "up.image"),
+            edge("up.image", "save.image"),
+        ],
+    )
+    events = watch_run(client, session.id)
+    assert all(event.dropped_count == 0 for event in events)
+
+    kinds = [event.WhichOneof("payload") for event in events]
+    assert kinds[:3] == ["snapshot", "session_queued", "session_started"]
+    assert kinds[-1] == "session_complete"
+    assert all(kind in PER_NODE for kind in kinds[3:-1])
+    # Each node's events lie between its start and its completion, the nodes in order.
+    per_node = [(event.node_id, event.WhichOneof("payload")) for event in events[3:-1]]
+    order = [node_id for node_id, kind in per_node if kind == "invocation_started"]
+    assert order == ["t2i", "i2i", "up", "save"]
+    for node_id in order:
+        mine = [kind for owner, kind in per_node if owner == node_id]
+        assert mine[0] == "invocation_started"
+        assert mine[-1] == "invocation_complete"
+        start = per_node.index((node_id, "invocation_started"))
+        end = per_node.index((node_id, "invocation_complete"))
+        assert all(owner == node_id for owner, _ in per_node[start : end + 1])
+
+    for node_id in ("t2i", "i2i"):
+        steps = [
+            event.invocation_progress
+            for event in events
+            if event.node_id == node_id and event.HasField("invocation_progress")
+        ]
+        assert steps
+        assert steps[-1].step == steps[-1].total_steps
+        assert [p.step for p in steps] == list(range(1, steps[-1].total_steps + 1))
+        assert all(p.preview.png.startswith(b"\x89PNG") for p in steps)
+        assert all(p.preview.width > 0 and p.preview.height > 0 for p in steps)
+    # Model loads are relayed for the generation nodes, each a start then its completion.
+    loads = [
+        (event.node_id, kind, getattr(event, kind).model_key, getattr(event, kind).submodel_type)
+        for event, kind in zip(events, kinds, strict=True)
+        if kind in ("model_load_started", "model_load_completed")
+    ]
+    assert {node_id for node_id, *_ in loads} == {"t2i", "i2i", "up"}
+    assert {key for _, _, key, _ in loads} == {suite.sd1, suite.x4}
+    assert [kind for _, kind, _, _ in loads] == ["model_load_started", "model_load_completed"] * (
+        len(loads) // 2
+    )
+    assert all(a[::2] == b[::2] for a, b in zip(loads[::2], loads[1::2], strict=True))
+
+    done = client.sessions.GetSession(pb.GetSessionRequest(session_id=session.id)).session
+    assert done.status == graph_pb2.SESSION_STATUS_COMPLETED
+    saved = json_format.MessageToDict(done.state.results["save"])
+    assert (saved["width"], saved["height"]) == (SIZE * 4, SIZE * 4)
+    name = saved["image"]["image_name"]
+    record = client.images.GetImage(image_pb.GetImageRequest(name=name)).image
+    assert not record.is_intermediate
+    png = Image.open(io.BytesIO(png_bytes(client, name)))
+    assert png.size == (SIZE * 4, SIZE * 4)
+    graph = json.loads(png.text["easel_graph"])
+    assert [n["id"] for n in graph["nodes"]] == ["t2i", "i2i", "up", "save"]
+    assert json.loads(png.text["easel_node"]) == {}  # save_image's direct inputs: none
+    first = json_format.MessageToDict(done.state.results["t2i"])["image"]["image_name"]
+    made = Image.open(io.BytesIO(png_bytes(client, first)))
+    assert json.loads(made.text["easel_node"]) == denoising(width=SIZE, height=SIZE)
+    assert json.loads(made.text["easel_graph"]) == graph
+
+
+def test_a_session_cancelled_mid_denoise_ends_cancelled_with_its_generation(suite):
+    client = suite.client
+    session = create(
+        client, [node("t2i", "txt2img", **denoising(width=SIZE, height=SIZE, steps=1000))]
+    )
+
+    def cancel_at_first_step(event: pb.SessionEvent) -> None:
+        if event.HasField("invocation_progress") and event.invocation_progress.step == 1:
+            client.sessions.CancelSession(pb.CancelSessionRequest(session_id=session.id))
+
+    events = watch_run(client, session.id, cancel_at_first_step)
+    assert events[-1].HasField("session_cancelled")
+    done = client.sessions.WaitSession(
+        pb.WaitSessionRequest(session_id=session.id), timeout=WAIT_S
+    ).session
+    assert done.status == graph_pb2.SESSION_STATUS_CANCELLED
+    listed = client.generation.ListGenerations(
+        gen_pb.ListGenerationsRequest(session_id=session.id)
+    ).generations
+    assert [generation.status for generation in listed] == [gen_pb.GENERATION_STATUS_CANCELLED]
+    assert listed[0].step < 1000
