@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.model_fixtures import ModelZoo
 from tests.processes import STARTED, ServiceProcess, address_key, start_service, suite_env
 
 SUITE_TOKEN = "easel-suite-token"
@@ -54,3 +55,9 @@ def run_service(easel_env: dict[str, str], tmp_path: Path) -> Iterator:
     yield run
     for service in started:
         service.stop()
+
+
+@pytest.fixture(scope="session")
+def model_zoo(tmp_path_factory: pytest.TempPathFactory) -> ModelZoo:
+    """Every fixture model, each built on first use and shared by the whole session."""
+    return ModelZoo(Path(tmp_path_factory.mktemp("model_zoo")))

@@ -24,11 +24,11 @@ from easel.inference.v1 import generation_service_pb2 as pb
 from easel.inference.v1 import model_cache_service_pb2 as cache_pb
 from easel.inference.v1 import tensor_store_service_pb2 as tensor_pb
 from easel.model_manager.v1 import model_pb2 as m
-from easel.model_manager.v1 import model_record_service_pb2 as records_pb
 from services.common import errors
 from tests.conftest import SUITE_TOKEN
 from tests.inference.images import gradient
 from tests.inference.zoo import EMBEDDING_TRIGGER, InferenceZoo
+from tests.model_records import register_model
 from tests.processes import (
     ServiceProcess,
     client_settings,
@@ -54,13 +54,6 @@ class Suite:
     keys: dict[str, str]
 
 
-def _register(
-    client: EaselClient, name: str, path: Any, base: int, type: int, **fields: Any
-) -> str:
-    config = m.ModelConfig(name=name, path=str(path), base=base, type=type, **fields)
-    return client.model_records.CreateModel(records_pb.CreateModelRequest(model=config)).model.key
-
-
 def _register_models(client: EaselClient, zoo: InferenceZoo, missing: Any) -> dict[str, str]:
     sd1, any_base = m.BASE_MODEL_TYPE_SD_1, m.BASE_MODEL_TYPE_ANY
     sd1_main = (sd1, m.MODEL_TYPE_MAIN)
@@ -69,37 +62,37 @@ def _register_models(client: EaselClient, zoo: InferenceZoo, missing: Any) -> di
     single_file = m.MainModelSettings(config_path=str(zoo.sd1_diffusers))
     embedding = dict(type=m.MODEL_TYPE_TEXTUAL_INVERSION, format=m.MODEL_FORMAT_EMBEDDING_FILE)
     return {
-        "sd1": _register(client, "sd1", zoo.sd1_diffusers, *sd1_main, **diffusers),
-        "sd1_file": _register(
+        "sd1": register_model(client, "sd1", zoo.sd1_diffusers, *sd1_main, **diffusers),
+        "sd1_file": register_model(
             client, "sd1 file", zoo.sd1_single_file, *sd1_main, **checkpoint, main=single_file
         ),
-        "lora": _register(
+        "lora": register_model(
             client, "lora", zoo.tiny_lora, sd1, m.MODEL_TYPE_LORA, format=m.MODEL_FORMAT_LYCORIS
         ),
         # Named so that its trigger is EMBEDDING_TRIGGER.
-        "embedding": _register(client, "tiny-style", zoo.tiny_embedding, sd1, **embedding),
-        "sdxl_embedding": _register(
+        "embedding": register_model(client, "tiny-style", zoo.tiny_embedding, sd1, **embedding),
+        "sdxl_embedding": register_model(
             client, "sdxl-style", zoo.sdxl_embedding, m.BASE_MODEL_TYPE_SDXL, **embedding
         ),
         # 1024-wide vectors recorded as fitting any base: the sd-1 text encoder takes 768.
-        "wide_embedding": _register(client, "wide", zoo.sd2_embedding, any_base, **embedding),
-        "vae": _register(
+        "wide_embedding": register_model(client, "wide", zoo.sd2_embedding, any_base, **embedding),
+        "vae": register_model(
             client, "vae", zoo.vae_diffusers, sd1, m.MODEL_TYPE_VAE, format=m.MODEL_FORMAT_DIFFUSERS
         ),
-        "upscaler": _register(
+        "upscaler": register_model(
             client,
             "x4",
             zoo.esrgan_x4,
             any_base,
-            m.MODEL_TYPE_UPSCALER,
+            type=m.MODEL_TYPE_UPSCALER,
             **checkpoint,
             upscaler=m.UpscalerSettings(scale=4),
         ),
-        "gone": _register(client, "gone", missing, *sd1_main, **diffusers),
-        "no_loader": _register(
+        "gone": register_model(client, "gone", missing, *sd1_main, **diffusers),
+        "no_loader": register_model(
             client, "no loader", zoo.sd1_diffusers_fp16, any_base, m.MODEL_TYPE_MAIN, **diffusers
         ),
-        "too_big": _register(client, "too big", zoo.sparse_2g, *sd1_main, **checkpoint),
+        "too_big": register_model(client, "too big", zoo.sparse_2g, *sd1_main, **checkpoint),
     }
 
 

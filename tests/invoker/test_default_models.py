@@ -7,13 +7,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from clients.sdk import EaselClient
 from easel.model_manager.v1 import model_pb2 as m
-from easel.model_manager.v1 import model_record_service_pb2 as records_pb
 from services.common import errors
 from services.common.model_taxonomy import ModelType
 from services.common.settings import CommonSettings
@@ -21,6 +19,7 @@ from services.invoker.clients.model_records import ModelRecordsClient
 from services.invoker.settings import InvokerSettings
 from tests.conftest import SUITE_TOKEN
 from tests.model_fixtures import ModelZoo
+from tests.model_records import register_model
 from tests.processes import client_settings, start_service, suite_env, wait_serving
 
 
@@ -32,10 +31,9 @@ class Installed:
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
+def installed(tmp_path_factory: pytest.TempPathFactory, model_zoo: ModelZoo) -> Iterator[Installed]:
     """Two main models and one upscaler registered in a model manager."""
     folder = tmp_path_factory.mktemp("default_models")
-    zoo = ModelZoo(folder / "zoo")
     root = folder / "root"
     root.mkdir()
     env = suite_env(root, EASEL_AUTH_TOKEN=SUITE_TOKEN)
@@ -43,27 +41,31 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
     try:
         wait_serving(manager)
         with EaselClient(client_settings(env)) as client:
-            diffusers = {"format": m.MODEL_FORMAT_DIFFUSERS, "base": m.BASE_MODEL_TYPE_SD_1}
+            diffusers = {
+                "type": m.MODEL_TYPE_MAIN,
+                "format": m.MODEL_FORMAT_DIFFUSERS,
+                "base": m.BASE_MODEL_TYPE_SD_1,
+            }
             mains = [
-                _register(
+                register_model(
                     client,
                     "sd1",
-                    zoo.sd1_diffusers,
+                    model_zoo.sd1_diffusers,
                     repo_variant=m.MODEL_REPO_VARIANT_DEFAULT,
                     **diffusers,
                 ),
-                _register(
+                register_model(
                     client,
                     "sd1-fp16",
-                    zoo.sd1_diffusers_fp16,
+                    model_zoo.sd1_diffusers_fp16,
                     repo_variant=m.MODEL_REPO_VARIANT_FP16,
                     **diffusers,
                 ),
             ]
-            upscaler = _register(
+            upscaler = register_model(
                 client,
                 "x4",
-                zoo.esrgan_x4,
+                model_zoo.esrgan_x4,
                 type=m.MODEL_TYPE_UPSCALER,
                 base=m.BASE_MODEL_TYPE_ANY,
                 format=m.MODEL_FORMAT_CHECKPOINT,
@@ -72,12 +74,6 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
         yield Installed(client_settings(env), mains, upscaler)
     finally:
         manager.stop()
-
-
-def _register(client: EaselClient, name: str, path: Path, **fields: Any) -> str:
-    fields.setdefault("type", m.MODEL_TYPE_MAIN)
-    config = m.ModelConfig(name=name, path=str(path), **fields)
-    return client.model_records.CreateModel(records_pb.CreateModelRequest(model=config)).model.key
 
 
 async def test_the_configured_default_wins_over_several_installed(installed: Installed) -> None:

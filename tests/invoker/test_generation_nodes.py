@@ -9,7 +9,6 @@ import asyncio
 import io
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,7 +18,6 @@ from PIL import Image
 from clients.sdk import EaselClient
 from easel.inference.v1 import generation_service_pb2 as pb
 from easel.model_manager.v1 import model_pb2 as m
-from easel.model_manager.v1 import model_record_service_pb2 as records_pb
 from services.common import errors
 from services.common.model_taxonomy import ModelType
 from services.common.settings import CommonSettings
@@ -33,6 +31,7 @@ from services.invoker.invocations.fields import ModelRef
 from services.invoker.sessions.context import NodeImages
 from tests.conftest import SUITE_TOKEN
 from tests.model_fixtures import ModelZoo
+from tests.model_records import register_model
 from tests.processes import client_settings, start_service, suite_env, wait_serving
 
 SIZE = 64
@@ -55,9 +54,8 @@ class Services:
 
 
 @pytest.fixture(scope="module")
-def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Suite]:
+def suite(tmp_path_factory: pytest.TempPathFactory, model_zoo: ModelZoo) -> Iterator[Suite]:
     folder = tmp_path_factory.mktemp("generation_nodes")
-    zoo = ModelZoo(folder / "zoo")
     root = folder / "root"
     root.mkdir()
     env = suite_env(root, EASEL_AUTH_TOKEN=SUITE_TOKEN)
@@ -68,21 +66,21 @@ def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Suite]:
         wait_serving(manager)
         wait_serving(inference)
         with EaselClient(client_settings(env)) as client:
-            sd1 = _register(
+            sd1 = register_model(
                 client,
                 "sd1",
-                zoo.sd1_diffusers,
-                m.BASE_MODEL_TYPE_SD_1,
-                m.MODEL_TYPE_MAIN,
+                model_zoo.sd1_diffusers,
+                base=m.BASE_MODEL_TYPE_SD_1,
+                type=m.MODEL_TYPE_MAIN,
                 format=m.MODEL_FORMAT_DIFFUSERS,
                 repo_variant=m.MODEL_REPO_VARIANT_DEFAULT,
             )
-            _register(
+            register_model(
                 client,
                 "x4",
-                zoo.esrgan_x4,
-                m.BASE_MODEL_TYPE_ANY,
-                m.MODEL_TYPE_UPSCALER,
+                model_zoo.esrgan_x4,
+                base=m.BASE_MODEL_TYPE_ANY,
+                type=m.MODEL_TYPE_UPSCALER,
                 format=m.MODEL_FORMAT_CHECKPOINT,
                 upscaler=m.UpscalerSettings(scale=4),
             )
@@ -99,13 +97,6 @@ async def services(suite: Suite) -> AsyncIterator[Services]:
     yield opened
     await opened.inference.close()
     await opened.models.close()
-
-
-def _register(
-    client: EaselClient, name: str, path: Path, base: int, type: int, **fields: Any
-) -> str:
-    config = m.ModelConfig(name=name, path=str(path), base=base, type=type, **fields)
-    return client.model_records.CreateModel(records_pb.CreateModelRequest(model=config)).model.key
 
 
 def context_for(

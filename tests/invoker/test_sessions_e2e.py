@@ -10,7 +10,6 @@ import io
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,9 +22,9 @@ from easel.invoker.v1 import graph_pb2
 from easel.invoker.v1 import image_service_pb2 as image_pb
 from easel.invoker.v1 import session_service_pb2 as pb
 from easel.model_manager.v1 import model_pb2 as m
-from easel.model_manager.v1 import model_record_service_pb2 as records_pb
 from tests.conftest import SUITE_TOKEN
 from tests.model_fixtures import ModelZoo
+from tests.model_records import register_model
 from tests.processes import client_settings, start_service, suite_env, wait_serving
 
 SIZE = 64
@@ -41,9 +40,8 @@ class Suite:
 
 
 @pytest.fixture(scope="module")
-def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Suite]:
+def suite(tmp_path_factory: pytest.TempPathFactory, model_zoo: ModelZoo) -> Iterator[Suite]:
     folder = tmp_path_factory.mktemp("sessions_e2e")
-    zoo = ModelZoo(folder / "zoo")
     root = folder / "root"
     root.mkdir()
     env = suite_env(root, EASEL_AUTH_TOKEN=SUITE_TOKEN)
@@ -54,21 +52,21 @@ def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Suite]:
         for service in started:
             wait_serving(service)
         with EaselClient(client_settings(env)) as client:
-            sd1 = _register(
+            sd1 = register_model(
                 client,
                 "sd1",
-                zoo.sd1_diffusers,
-                m.BASE_MODEL_TYPE_SD_1,
-                m.MODEL_TYPE_MAIN,
+                model_zoo.sd1_diffusers,
+                base=m.BASE_MODEL_TYPE_SD_1,
+                type=m.MODEL_TYPE_MAIN,
                 format=m.MODEL_FORMAT_DIFFUSERS,
                 repo_variant=m.MODEL_REPO_VARIANT_DEFAULT,
             )
-            x4 = _register(
+            x4 = register_model(
                 client,
                 "x4",
-                zoo.esrgan_x4,
-                m.BASE_MODEL_TYPE_ANY,
-                m.MODEL_TYPE_UPSCALER,
+                model_zoo.esrgan_x4,
+                base=m.BASE_MODEL_TYPE_ANY,
+                type=m.MODEL_TYPE_UPSCALER,
                 format=m.MODEL_FORMAT_CHECKPOINT,
                 upscaler=m.UpscalerSettings(scale=4),
             )
@@ -76,13 +74,6 @@ def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Suite]:
     finally:
         for service in reversed(started):
             service.stop()
-
-
-def _register(
-    client: EaselClient, name: str, path: Path, base: int, type: int, **fields: Any
-) -> str:
-    config = m.ModelConfig(name=name, path=str(path), base=base, type=type, **fields)
-    return client.model_records.CreateModel(records_pb.CreateModelRequest(model=config)).model.key
 
 
 def node(node_id: str, type_name: str, **inputs: Any) -> graph_pb2.Node:

@@ -1,5 +1,4 @@
-"""Fixtures for the model manager: the tiny model zoo, built once per test session, and the
-install suite of real processes (see `install_suite`)."""
+"""Fixtures for the model manager: the install suite of real processes (see `install_suite`)."""
 
 from __future__ import annotations
 
@@ -11,16 +10,9 @@ from pathlib import Path
 import pytest
 
 from tests.hf_hub import HubStandIn
-from tests.model_fixtures import ModelZoo
 from tests.model_manager.install_suite import Suite
 from tests.processes import start_service, wait_serving
 from tests.remote_host import RemoteHost
-
-
-@pytest.fixture(scope="session")
-def model_zoo(tmp_path_factory: pytest.TempPathFactory) -> ModelZoo:
-    """Every fixture model, each built on first use and shared by the whole session."""
-    return ModelZoo(Path(tmp_path_factory.mktemp("model_zoo")))
 
 
 @pytest.fixture
