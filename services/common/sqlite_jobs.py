@@ -10,13 +10,14 @@ they were asked for, so an older state of a job never overwrites a newer one.
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
 import structlog
+
+from services.common.sqlite_files import open_wal_database
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -28,17 +29,15 @@ class SqliteJobRows:
     def __init__(self, path: Path, table: str) -> None:
         if not table.isidentifier():
             raise ValueError(f"not a table name: {table!r}")
-        path.parent.mkdir(parents=True, exist_ok=True)
         self._table = table
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{table}-db")
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute(
-            f"CREATE TABLE IF NOT EXISTS {table} (id INTEGER PRIMARY KEY, job TEXT NOT NULL)"
-        )
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)"
+        self._db = open_wal_database(
+            path,
+            [
+                f"CREATE TABLE IF NOT EXISTS {table} (id INTEGER PRIMARY KEY, job TEXT NOT NULL)",
+                "CREATE TABLE IF NOT EXISTS counters "
+                "(name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+            ],
         )
 
     async def allocate_id(self) -> int:

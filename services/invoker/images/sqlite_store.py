@@ -9,12 +9,12 @@ library calls in from worker threads, never from the event loop.
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from services.common.sqlite_files import open_wal_database
 from services.invoker.images.records import (
     ImageChanges,
     ImageOrigin,
@@ -52,13 +52,8 @@ class SqliteImageRecordStore(ImageRecordStore):
     """Records in one WAL-mode SQLite file shared by all threads behind a lock."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        for statement in TABLES:
-            self._db.execute(statement)
+        self._db = open_wal_database(path, TABLES)
 
     def add(self, record: ImageRecord) -> None:
         with self._lock:

@@ -8,13 +8,13 @@ it is atomic against a cancel. One connection serves every thread behind a lock.
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from services.common.sqlite_files import open_wal_database
 from services.invoker.queue.items import (
     ItemError,
     ItemFilter,
@@ -56,13 +56,8 @@ class SqliteQueueStore(QueueStore):
     """Items in one WAL-mode SQLite file shared by all threads behind a lock."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        for statement in TABLES:
-            self._db.execute(statement)
+        self._db = open_wal_database(path, TABLES)
 
     def add(self, session_id: str, run_mode: RunMode, priority: int, now: datetime) -> QueueItem:
         sql = (

@@ -10,7 +10,6 @@ The store is an interface so that a shared database can replace the embedded SQL
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
@@ -18,6 +17,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+from services.common.sqlite_files import open_wal_database
 
 SESSIONS_DB = Path("databases/sessions.db")
 """The SQLite file of the sessions, relative to the root."""
@@ -96,12 +97,8 @@ class SqliteSessionStore(SessionStore):
     run, each kept in the order it was written (rowid)."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        for statement in _SCHEMA:
-            self._db.execute(statement)
+        self._db = open_wal_database(path, _SCHEMA)
 
     def trace(self, callback: Any) -> None:
         """Calls `callback` with each SQL statement run (with its values), to see what a
