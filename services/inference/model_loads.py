@@ -33,6 +33,7 @@ from services.common.errors import (
     InvalidArgumentError,
     ResourceExhaustedError,
 )
+from services.common.keyed_locks import KeyedLocks
 from services.common.model_taxonomy import SubModelType
 from services.inference.events import (
     NO_CONTEXT,
@@ -115,7 +116,7 @@ class ModelLoadService:
         self.options = options
         self._events = events
         self._convert_cache_bytes = convert_cache_bytes
-        self._loading: dict[tuple[str, SubModelType | None], asyncio.Lock] = {}
+        self._loading = KeyedLocks[tuple[str, SubModelType | None]]()
 
     async def load(
         self,
@@ -166,8 +167,7 @@ class ModelLoadService:
             ModelLoadStarted(self._describe(record, submodel, loader), context=context)
         )
         try:
-            lock = self._loading.setdefault((record.key, submodel), asyncio.Lock())
-            async with lock:
+            async with self._loading.hold((record.key, submodel)):
                 entry = self._cached(record, submodel)
                 hit = entry is not None
                 if entry is None:
