@@ -73,7 +73,7 @@ from services.inference.generation.requests import (
     UpscaleRequest,
 )
 from services.inference.generation.schedulers import DEFAULT_SCHEDULER
-from services.inference.generation.upscale import check_scale
+from services.inference.generation.upscale import check_output_size, check_scale
 from services.inference.generation.work import (
     DenoiseInputs,
     EmbeddingRef,
@@ -320,6 +320,8 @@ class Generations:
         field_name = request.field
         check_scale(request.scale, f"{field_name}.scale")
         image = await _decode_image(request.image_png, f"{field_name}.image_png")
+        if request.scale is not None:
+            check_output_size(image.size, request.scale, f"{field_name}.scale")
         key_field = f"{field_name}.upscaler_model_key"
         await self._record(request.upscaler_model_key, key_field, ModelType.UPSCALER)
         upscaler = ModelPart(request.upscaler_model_key)

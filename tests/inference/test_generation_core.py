@@ -454,3 +454,26 @@ def test_upscale_with_a_module_at_its_native_and_another_factor() -> None:
     assert upscale(upscaler, image, 2.0).size == (40, 20)
     assert upscale(upscaler, image, 3.0).size == (60, 30)
     assert upscale(upscaler, image, 0.55).size == (11, 6)
+
+
+def test_an_upscaler_whose_output_would_pass_the_side_limit_is_refused_before_it_runs() -> None:
+    class Doubler(torch.nn.Module):
+        scale = 2
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.shuffle = torch.nn.Sequential(
+                torch.nn.Conv2d(3, 12, 3, padding=1), torch.nn.PixelShuffle(2)
+            )
+            self.calls = 0
+
+        def forward(self, tensor: torch.Tensor) -> torch.Tensor:
+            self.calls += 1
+            return self.shuffle(tensor)
+
+    doubler = Doubler()
+    assert upscale(doubler, Image.new("RGB", (4096, 2)), None).size == (8192, 4)
+    with pytest.raises(InvalidArgumentError) as raised:
+        upscale(doubler, Image.new("RGB", (4097, 2)), 1.0)
+    assert raised.value.reason == "OUTPUT_TOO_LARGE"
+    assert doubler.calls == 1

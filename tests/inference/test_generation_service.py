@@ -443,6 +443,18 @@ def test_upscale_to_the_native_and_to_a_chosen_factor(suite: Suite) -> None:
     assert _pixels(halved).shape == (24, 32, 3)
 
 
+def test_upscale_beyond_the_side_limit_is_refused_at_create(suite: Suite) -> None:
+    image = _png(Image.new("RGB", (1025, 4)))
+    upscale = pb.Upscale(upscaler_model_key=suite.keys["upscaler"], image_png=image, scale=8)
+    before = suite.client.generation.ListGenerations(pb.ListGenerationsRequest()).generations
+    with pytest.raises(errors.InvalidArgumentError) as caught:
+        suite.client.generation.CreateGeneration(pb.CreateGenerationRequest(upscale=upscale))
+    assert caught.value.reason == "OUTPUT_TOO_LARGE"
+    assert [v.field for v in caught.value.violations] == ["upscale.scale"]
+    after = suite.client.generation.ListGenerations(pb.ListGenerationsRequest()).generations
+    assert after == before
+
+
 def test_list_schedulers_sorted_and_paged(suite: Suite) -> None:
     generation = suite.client.generation
     schedulers = generation.ListSchedulers(pb.ListSchedulersRequest()).schedulers
