@@ -33,7 +33,7 @@ log = structlog.get_logger(__name__)
 
 async def build(server: ServiceServer, settings: ModelManagerSettings) -> None:
     store = open_record_store(settings.model_config_db)
-    downloads = DownloaderClient(settings)
+    downloads = DownloaderClient(settings, settings.downloader_reconnect_s)
     hub = HuggingFaceRepo(settings.hf_endpoint)
     job_store = InstallJobStore(settings.install_jobs_db)
     installer = ModelInstaller(settings, store, downloads, hub, job_store)

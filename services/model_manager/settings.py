@@ -39,6 +39,11 @@ class ModelManagerSettings(CommonSettings):
     hf_endpoint: str = "https://huggingface.co"
     """The HuggingFace Hub that repo ids are fetched from."""
 
+    downloader_reconnect_s: float = Field(default=30.0, ge=0)
+    """How long an install whose download is under way waits for a downloader that went
+    away (a restart) to come back before it fails with DOWNLOADER_UNAVAILABLE; the
+    download jobs themselves survive the downloader's restart."""
+
     download_cache_bytes: int = Field(default=20 * 1024**3, ge=0)
     """Size limit of models/.cache/downloads (DownloadAndCache); least recently used
     entries are evicted beyond it."""

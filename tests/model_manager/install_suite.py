@@ -84,9 +84,10 @@ class Suite:
             await channel.close()
         self._channels = ()
 
-    async def start(self, name: str) -> ServiceProcess:
-        """Start the service `name` (again) on a fresh port and wait until it serves."""
-        self.env[address_key(name)] = "127.0.0.1:0"
+    async def start(self, name: str, address: str = "127.0.0.1:0") -> ServiceProcess:
+        """Start the service `name` (again), on a fresh port unless `address` names one, and
+        wait until it serves."""
+        self.env[address_key(name)] = address
         service = await asyncio.to_thread(start_service, name, self.env, self.log_dir)
         await asyncio.to_thread(wait_serving, service)
         setattr(self, name, service)
@@ -95,6 +96,13 @@ class Suite:
     async def restart_model_manager(self) -> None:
         """Start the model manager again (the downloader keeps its address) and reconnect."""
         await self.start("model_manager")
+        await self.connect()
+
+    async def restart_downloader(self) -> None:
+        """kill -9 the downloader and start it again where the model manager calls it."""
+        address = self.downloader.address
+        self.kill(self.downloader)
+        await self.start("downloader", address)
         await self.connect()
 
     def kill(self, service: ServiceProcess) -> None:

@@ -48,6 +48,7 @@ async def test_with_the_downloader_down_remote_sources_fail_cleanly(suite: Suite
     assert suite.staging() == []
 
 
+@pytest.mark.parametrize("suite_settings", [{"downloader_reconnect_s": "1"}])
 async def test_a_downloader_killed_mid_download_fails_the_install_cleanly(
     suite: Suite, tmp_path: Path
 ):
@@ -62,6 +63,20 @@ async def test_a_downloader_killed_mid_download_fails_the_install_cleanly(
     )
     assert await suite.models() == []
     assert suite.files() == []  # the partial file went with the staging folder
+    assert suite.staging() == []
+
+
+async def test_a_downloader_restarted_mid_download_lets_the_install_finish(
+    suite: Suite, tmp_path: Path
+):
+    name = serve(suite, tmp_path)
+    job = await suite.create(heuristic_source=suite.remote.url(f"/slow/{name}?delay=0.05"))
+    await downloading(suite, job.id)
+    await suite.restart_downloader()
+    finished = await suite.wait(job.id)
+    assert (finished.status, finished.error) == (pb.INSTALL_STATUS_COMPLETED, "")
+    [model] = await suite.models()
+    assert (suite.models_dir / model.path).read_bytes() == suite.remote.files[name]
     assert suite.staging() == []
 
 

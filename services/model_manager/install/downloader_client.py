@@ -8,13 +8,15 @@ A download's failure becomes an error a caller can act on: a 404 is REMOTE_NOT_F
 401/403 REMOTE_ACCESS_DENIED (a gated repo without a token), a full disk DISK_FULL, a
 download whose access token a restart of the downloader dropped TOKEN_REQUIRED, anything
 else DOWNLOAD_FAILED carrying the downloader's own reason; a downloader that cannot be
-reached is DOWNLOADER_UNAVAILABLE.
+reached is DOWNLOADER_UNAVAILABLE. A downloader that goes away while a download is followed
+is waited for a while (a restart keeps its jobs), and the download followed again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,9 +91,10 @@ class DownloadGoneError(errors.NotFoundError):
 class DownloaderClient:
     """Starts downloads, follows them to their end, and cancels them."""
 
-    def __init__(self, settings: CommonSettings) -> None:
+    def __init__(self, settings: CommonSettings, reconnect_s: float) -> None:
         self._channel = open_channel(settings.downloader_address, settings)
         self._stub = download_service_pb2_grpc.DownloadServiceStub(self._channel)
+        self._reconnect_s = reconnect_s
 
     async def close(self) -> None:
         await self._channel.close()
@@ -119,21 +122,28 @@ class DownloaderClient:
         self, job_id: int, on_progress: Callable[[DownloadProgress], None] | None = None
     ) -> DownloadResult:
         """Wait until download `job_id` has completed, reporting its progress, or raise why
-        it did not. Giving up the wait (cancelling it) leaves the download running."""
+        it did not. Giving up the wait (cancelling it) leaves the download running. A
+        downloader that goes away is given `reconnect_s` to come back; the watch then
+        starts again from the job's snapshot."""
         job = pb.DownloadJob(id=job_id)
-        stream = self._stub.WatchDownloads(pb.WatchDownloadsRequest(job_ids=[job_id]))
-        try:
-            async for response in stream:
-                event = response.event
-                if event.HasField("job_changed"):
-                    job = event.job_changed.job
-                    progress = _progress(job)
-                else:
-                    progress = _event_progress(job, event.progress)
-                if on_progress is not None:
-                    on_progress(progress)
-        except grpc.aio.AioRpcError as error:
-            raise _rpc_failure(error) from None
+        lost_at: float | None = None
+
+        def report(progress: DownloadProgress) -> None:
+            nonlocal lost_at
+            lost_at = None
+            if on_progress is not None:
+                on_progress(progress)
+
+        while True:
+            try:
+                job = await self._watch(job, report)
+                break
+            except grpc.aio.AioRpcError as error:
+                lost_at = lost_at or time.monotonic()
+                left_s = lost_at + self._reconnect_s - time.monotonic()
+                if error.code() != grpc.StatusCode.UNAVAILABLE or left_s <= 0:
+                    raise _rpc_failure(error) from None
+            await self.wait_reachable(left_s)
         if job.status == pb.DOWNLOAD_JOB_STATUS_CANCELLED:
             raise DownloadCancelledError(
                 f"download job {job_id} was cancelled in the downloader",
@@ -142,6 +152,21 @@ class DownloaderClient:
         if job.status != pb.DOWNLOAD_JOB_STATUS_COMPLETED:
             raise _download_error(job)
         return DownloadResult(job_id, _progress(job).files)
+
+    async def _watch(
+        self, job: pb.DownloadJob, on_progress: Callable[[DownloadProgress], None]
+    ) -> pb.DownloadJob:
+        """The job as its watch last reported it when the watch ended (at its end)."""
+        stream = self._stub.WatchDownloads(pb.WatchDownloadsRequest(job_ids=[job.id]))
+        async for response in stream:
+            event = response.event
+            if event.HasField("job_changed"):
+                job = event.job_changed.job
+                progress = _progress(job)
+            else:
+                progress = _event_progress(job, event.progress)
+            on_progress(progress)
+        return job
 
     async def cancel(self, job_id: int) -> None:
         """Stop a download and remove its partial files; one already finished or gone is
