@@ -7,16 +7,17 @@ GEN := gen/python
 PROTOS := $(shell find protos -name '*.proto')
 STUBS := $(GEN)/.stamp
 BUF := node_modules/.bin/buf
+NODE_MODULES := node_modules/.installed
 
 .PHONY: run test lint protos bench clean
 
 run: $(STUBS)
 	$(VENV)/bin/easel-run
 
-test: lint $(STUBS)
+test: lint $(STUBS) $(NODE_MODULES)
 	$(PY) -m pytest
 
-lint: $(VENV)/.installed $(BUF)
+lint: $(VENV)/.installed $(NODE_MODULES)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(BUF) lint protos
@@ -50,9 +51,10 @@ $(STUBS): $(PROTOS) $(VENV)/.installed
 	find $(GEN)/easel -type d -exec touch {}/__init__.py \;
 	touch $@
 
-# buf comes from npm (@bufbuild/buf, pinned in package.json); its binary ships in the package.
-# `npm ci` installs exactly what package-lock.json lists (every platform's binary package is
-# in it) and never rewrites it, so a fresh clone stays clean.
-$(BUF): package.json package-lock.json
+# From npm, pinned in package.json: buf (its binary ships in the package) and the Node.js
+# gRPC client the tests use. `npm ci` installs exactly what package-lock.json lists (every
+# platform's binary package of buf is in it) and never rewrites it, so a fresh clone stays
+# clean; it empties node_modules first, so the stamp is made after it.
+$(NODE_MODULES): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@

@@ -27,6 +27,8 @@ from services.common.logs import bind_request_id
 log = structlog.get_logger(__name__)
 
 # Health checks answer without a token so that supervisors and load balancers can probe.
+# Reflection is not exempt: a server that wants a token shows its API only to callers
+# that have it.
 UNAUTHENTICATED_METHODS = frozenset(
     {"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch"}
 )
