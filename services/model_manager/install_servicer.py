@@ -38,7 +38,10 @@ class ModelInstallServicer(model_install_service_pb2_grpc.ModelInstallServiceSer
             convert.config_dict(request.config),
             request.compute_hash,
         )
-        return pb.ProbeModelResponse(model=record_convert.config_to_pb(config))
+        model = record_convert.config_to_pb(config)
+        for unset in ("key", "create_time", "update_time"):  # nothing was registered
+            model.ClearField(unset)
+        return pb.ProbeModelResponse(model=model)
 
     async def CreateInstallJob(
         self, request: pb.CreateInstallJobRequest, context: aio.ServicerContext

@@ -287,6 +287,9 @@ async def test_probe_returns_the_config_without_installing(suite, model_zoo: Mod
     assert probed.model.base == model_pb2.BASE_MODEL_TYPE_SDXL
     assert probed.model.name == "my xl"
     assert probed.model.hash == ""
+    assert probed.model.key == ""
+    assert not probed.model.HasField("create_time")
+    assert not probed.model.HasField("update_time")
     assert await suite.models() == []
 
 
