@@ -17,7 +17,7 @@ from tests.processes import REPO, client_settings, wait_serving
 
 PROBE = """
 import json, sys, threading
-import clients, clients.sdk
+from clients.sdk import AsyncEaselClient, EaselClient
 print(json.dumps({"modules": sorted(sys.modules), "threads": threading.active_count()}))
 """
 
@@ -40,7 +40,12 @@ def test_importing_the_sdk_loads_no_server_code_and_starts_nothing():
     loaded = json.loads(done.stdout)
     ours = {name for name in loaded["modules"] if name.split(".")[0] == "services"}
     assert ours == SHARED_MODULES
-    assert not {"structlog", "aiohttp", "torch"} & set(loaded["modules"])
+    top_level = {name.split(".")[0] for name in loaded["modules"]}
+    assert not {"structlog", "aiohttp", "torch", "diffusers", "transformers", "PIL"} & top_level
+    clients = {name for name in loaded["modules"] if name.split(".")[0] == "clients"}
+    assert all(
+        name in ("clients", "clients.sdk") or name.startswith("clients.sdk.") for name in clients
+    )
     assert loaded["threads"] == 1
 
 
