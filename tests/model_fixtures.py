@@ -1,7 +1,8 @@
 """Tiny models with random weights, built (never downloaded) in every format Easel reads.
 
-Diffusers folders are real: tiny pipelines and components that diffusers and transformers
-save and load. Single-file checkpoints of the original Stable Diffusion layout, LoRAs,
+Diffusers folders are real: tiny pipelines (built by `clients.demo_models`, which also
+makes `easel demo install`'s models) and components that diffusers and transformers save
+and load. Single-file checkpoints of the original Stable Diffusion layout, LoRAs,
 embeddings, adapters and upscalers are synthetic state dicts: the real key names with the
 shapes that identify them (the text-conditioning widths, the UNet's input channels) and
 small sizes elsewhere, which is what probing reads. Everything is seeded, so two builds
@@ -22,210 +23,46 @@ from pathlib import Path
 
 import torch
 from diffusers import (
-    AutoencoderKL,
     ControlNetModel,
-    EulerDiscreteScheduler,
-    StableDiffusionInpaintPipeline,
-    StableDiffusionPipeline,
-    StableDiffusionXLImg2ImgPipeline,
-    StableDiffusionXLPipeline,
     T2IAdapter,
-    UNet2DConditionModel,
 )
-from safetensors.torch import save_file
 from transformers import (
-    CLIPTextConfig,
-    CLIPTextModel,
-    CLIPTextModelWithProjection,
-    CLIPTokenizer,
     CLIPVisionConfig,
     CLIPVisionModelWithProjection,
 )
 
-# Text-conditioning widths: what tells the bases apart.
-WIDTHS = {"sd-1": 768, "sd-2": 1024, "sdxl": 2048, "sdxl-refiner": 1280}
-SD_VAE_SCALING = 0.18215
-SDXL_VAE_SCALING = 0.13025
+from clients.demo_models import (
+    SD_VAE_SCALING,
+    SDXL_VAE_SCALING,
+    UNET_BLOCKS,
+    WIDTHS,
+    build_sd_pipeline,
+    esrgan_shapes,
+    save_safetensors,
+    seed_torch,
+    small_randn,
+    tiny_vae,
+)
+
 IMAGE_ENCODER_ID = "InvokeAI/ip_adapter_sd_image_encoder"
 SDXL_IMAGE_ENCODER_ID = "InvokeAI/ip_adapter_sdxl_image_encoder"
-_BLOCKS = (32, 64)
-# Four levels, so the VAE scales by 8 like every real SD-family VAE (64x64 -> 8x8 latents).
-_VAE_BLOCKS = (32, 32, 64, 64)
-_MERGES = ["t h", "th e</w>", "a n", "an d</w>", "c a", "ca t</w>", "p h", "ph o"]
-_BOS, _EOS = "<|startoftext|>", "<|endoftext|>"
-
-
-def _seed() -> None:
-    torch.manual_seed(0)
-    torch.set_num_threads(1)
-
-
-def _randn(shape: tuple[int, ...]) -> torch.Tensor:
-    return torch.randn(shape) * 0.02
-
-
-# --- tokenizer and text encoders --------------------------------------------------------
-
-
-def _byte_chars() -> list[str]:
-    """CLIP's byte-level alphabet: each byte as a printable unicode character."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
-    chars, extra = [], 0
-    for byte in range(256):
-        if byte in printable:
-            chars.append(chr(byte))
-        else:
-            chars.append(chr(256 + extra))
-            extra += 1
-    return chars
-
-
-def write_clip_tokenizer(dest: Path) -> Path:
-    """A tiny CLIP BPE tokenizer by hand: every byte alone and as a word end (`</w>`), a
-    few merges and the two special tokens."""
-    dest.mkdir(parents=True, exist_ok=True)
-    tokens = [*_byte_chars(), *(char + "</w>" for char in _byte_chars())]
-    tokens += [merge.replace(" ", "") for merge in _MERGES] + [_BOS, _EOS]
-    vocab = {token: index for index, token in enumerate(dict.fromkeys(tokens))}
-    (dest / "vocab.json").write_text(json.dumps(vocab))
-    (dest / "merges.txt").write_text("#version: 0.2\n" + "\n".join(_MERGES) + "\n")
-    config = {
-        "tokenizer_class": "CLIPTokenizer",
-        "model_max_length": 77,
-        "bos_token": _BOS,
-        "eos_token": _EOS,
-        "unk_token": _EOS,
-        "pad_token": _EOS,
-    }
-    (dest / "tokenizer_config.json").write_text(json.dumps(config))
-    return dest
-
-
-def _tokenizer(dest: Path) -> CLIPTokenizer:
-    return CLIPTokenizer.from_pretrained(write_clip_tokenizer(dest))
-
-
-def _text_config(tokenizer: CLIPTokenizer, width: int) -> CLIPTextConfig:
-    return CLIPTextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=width,
-        intermediate_size=37,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        max_position_embeddings=77,
-        projection_dim=32,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
 
 
 # --- diffusers folders ------------------------------------------------------------------
 
 
-def _unet(width: int, in_channels: int = 4, *, time_ids: int = 0, upcast: bool = False):
-    """A two-level UNet; `time_ids` > 0 adds sdxl's micro-conditioning (6 ids for the base
-    model, 5 for the refiner) beside a 32-wide pooled text embedding."""
-    extra = (
-        {
-            "addition_embed_type": "text_time",
-            "addition_time_embed_dim": 8,
-            "projection_class_embeddings_input_dim": time_ids * 8 + 32,
-        }
-        if time_ids
-        else {}
-    )
-    return UNet2DConditionModel(
-        sample_size=8,
-        in_channels=in_channels,
-        out_channels=4,
-        block_out_channels=_BLOCKS,
-        layers_per_block=1,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=width,
-        attention_head_dim=(2, 4),
-        use_linear_projection=width != WIDTHS["sd-1"],
-        upcast_attention=upcast,
-        **extra,
-    )
-
-
-def _vae(scaling_factor: float) -> AutoencoderKL:
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * len(_VAE_BLOCKS),
-        up_block_types=("UpDecoderBlock2D",) * len(_VAE_BLOCKS),
-        block_out_channels=_VAE_BLOCKS,
-        latent_channels=4,
-        sample_size=64,
-        scaling_factor=scaling_factor,
-    )
-
-
-def build_sd_pipeline(
-    dest: Path,
-    base: str = "sd-1",
-    *,
-    inpaint: bool = False,
-    prediction_type: str = "epsilon",
-    fp16: bool = False,
-) -> Path:
-    """A tiny Stable Diffusion pipeline folder (sd-1, sd-2, sdxl or sdxl-refiner) as
-    `save_pretrained` writes it; `fp16` saves only the `*.fp16.*` weight files."""
-    _seed()
-    refiner = base == "sdxl-refiner"
-    tokenizer = _tokenizer(dest / ("tokenizer_2" if refiner else "tokenizer"))
-    scheduler = EulerDiscreteScheduler(prediction_type=prediction_type, steps_offset=1)
-    if base in ("sdxl", "sdxl-refiner"):
-        pipeline_class = StableDiffusionXLImg2ImgPipeline if refiner else StableDiffusionXLPipeline
-        pipe = pipeline_class(
-            vae=_vae(SDXL_VAE_SCALING),
-            text_encoder=None if refiner else CLIPTextModel(_text_config(tokenizer, 768)),
-            text_encoder_2=CLIPTextModelWithProjection(_text_config(tokenizer, 1280)),
-            tokenizer=None if refiner else tokenizer,
-            tokenizer_2=tokenizer,
-            unet=_unet(WIDTHS[base], time_ids=5 if refiner else 6),
-            scheduler=scheduler,
-            **({"requires_aesthetics_score": True} if refiner else {}),
-        )
-    else:
-        pipeline_class = StableDiffusionInpaintPipeline if inpaint else StableDiffusionPipeline
-        pipe = pipeline_class(
-            vae=_vae(SD_VAE_SCALING),
-            text_encoder=CLIPTextModel(_text_config(tokenizer, WIDTHS[base])),
-            tokenizer=tokenizer,
-            unet=_unet(
-                WIDTHS[base],
-                9 if inpaint else 4,
-                upcast=prediction_type == "v_prediction",
-            ),
-            scheduler=scheduler,
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
-    if fp16:
-        pipe = pipe.to(torch.float16)
-    pipe.save_pretrained(dest, variant="fp16" if fp16 else None, safe_serialization=True)
-    if (dest / "tokenizer_2").is_dir() and not refiner:
-        write_clip_tokenizer(dest / "tokenizer_2")  # its BPE files beside tokenizer.json
-    return dest
-
-
 def build_vae_diffusers(dest: Path, scaling_factor: float = SD_VAE_SCALING) -> Path:
-    _seed()
-    _vae(scaling_factor).save_pretrained(dest)
+    seed_torch()
+    tiny_vae(scaling_factor).save_pretrained(dest)
     return dest
 
 
 def build_controlnet_diffusers(dest: Path, base: str = "sd-1") -> Path:
-    _seed()
+    seed_torch()
     ControlNetModel(
         in_channels=4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        block_out_channels=_BLOCKS,
+        block_out_channels=UNET_BLOCKS,
         layers_per_block=1,
         cross_attention_dim=WIDTHS[base],
         attention_head_dim=(2, 4),
@@ -235,7 +72,7 @@ def build_controlnet_diffusers(dest: Path, base: str = "sd-1") -> Path:
 
 
 def build_clip_vision(dest: Path) -> Path:
-    _seed()
+    seed_torch()
     config = CLIPVisionConfig(
         hidden_size=32,
         intermediate_size=37,
@@ -250,7 +87,7 @@ def build_clip_vision(dest: Path) -> Path:
 
 
 def build_t2i_adapter(dest: Path, base: str = "sd-1") -> Path:
-    _seed()
+    seed_torch()
     if base == "sdxl":
         adapter = T2IAdapter(
             channels=[32, 64, 64, 64],
@@ -267,14 +104,6 @@ def build_t2i_adapter(dest: Path, base: str = "sd-1") -> Path:
 # --- synthetic state dicts --------------------------------------------------------------
 
 
-def save_safetensors(path: Path, shapes: Mapping[str, tuple[int, ...]]) -> Path:
-    """A safetensors file of seeded random tensors with the given names and shapes."""
-    _seed()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({key: _randn(shape) for key, shape in shapes.items()}, str(path))
-    return path
-
-
 def save_torch(path: Path, content: object, *, legacy: bool = False) -> Path:
     """`torch.save` of `content`: zip format, or the pre-1.6 legacy format."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -283,8 +112,8 @@ def save_torch(path: Path, content: object, *, legacy: bool = False) -> Path:
 
 
 def tensors(shapes: Mapping[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
-    _seed()
-    return {key: _randn(shape) for key, shape in shapes.items()}
+    seed_torch()
+    return {key: small_randn(shape) for key, shape in shapes.items()}
 
 
 def sd_checkpoint_shapes(base: str, in_channels: int = 4) -> dict[str, tuple[int, ...]]:
@@ -372,39 +201,6 @@ def peft_lora_shapes(base: str, prefix: str = "unet.") -> dict[str, tuple[int, .
     """A diffusers/PEFT LoRA (`lora_A` / `lora_B`)."""
     layer = f"{prefix}down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k"
     return {f"{layer}.lora_A.weight": (4, WIDTHS[base]), f"{layer}.lora_B.weight": (64, 4)}
-
-
-def esrgan_shapes(scale: int, *, old_layout: bool = False) -> dict[str, tuple[int, ...]]:
-    """An RRDB ESRGAN (one block, 8 features): the new `conv_first`/`body` layout (x2 as
-    RealESRGAN does it, pixel-unshuffled input and two upsamplers) or the old `model.N`."""
-    nf, gc = 8, 4
-    shapes: dict[str, tuple[int, ...]] = {}
-
-    def conv(name: str, out_ch: int, in_ch: int) -> None:
-        shapes[f"{name}.weight"] = (out_ch, in_ch, 3, 3)
-        shapes[f"{name}.bias"] = (out_ch,)
-
-    if old_layout:
-        conv("model.0", nf, 3)
-        for rdb in (1, 2, 3):
-            for index in range(1, 6):
-                out_ch = nf if index == 5 else gc
-                conv(f"model.1.sub.0.RDB{rdb}.conv{index}.0", out_ch, nf + (index - 1) * gc)
-        conv("model.1.sub.1", nf, nf)
-        convs = [3, 6, 8, 10] if scale == 4 else [3, 5, 7]
-        for position in convs[:-1]:
-            conv(f"model.{position}", nf, nf)
-        conv(f"model.{convs[-1]}", 3, nf)
-        return shapes
-    conv("conv_first", nf, 3 if scale == 4 else 12)
-    for rdb in (1, 2, 3):
-        for index in range(1, 6):
-            out_ch = nf if index == 5 else gc
-            conv(f"body.0.rdb{rdb}.conv{index}", out_ch, nf + (index - 1) * gc)
-    for name in ("conv_body", "conv_up1", "conv_up2", "conv_hr"):
-        conv(name, nf, nf)
-    conv("conv_last", 3, nf)
-    return shapes
 
 
 # --- hostile and broken files -----------------------------------------------------------
