@@ -12,13 +12,16 @@ from clients.cli import output
 from clients.cli.connection import all_pages, client
 from clients.cli.errors import RunFailedError, reason_hint
 from clients.sdk import EaselClient
+from easel.invoker.v1 import invocation_service_pb2 as invocation_pb
 from easel.model_manager.v1 import model_install_service_pb2 as install_pb
 from easel.model_manager.v1 import model_pb2 as m
 from easel.model_manager.v1 import model_record_service_pb2 as records_pb
 from services.common.model_taxonomy import BaseModelType, ModelFormat, ModelType
 from services.common.proto_enums import EnumMap
 
-app = typer.Typer(help="Installed models: list, show, install, remove, probe, sync.")
+app = typer.Typer(
+    help="Installed models: list, show, install, remove, probe, sync, and the defaults nodes use."
+)
 
 BASES = EnumMap(BaseModelType, m.BaseModelType)
 TYPES = EnumMap(ModelType, m.ModelType)
@@ -269,3 +272,50 @@ def sync(
     if result.failed:
         rows = [[item.path, item.error_type, item.error] for item in result.failed]
         output.table(["path", "reason", "error"], rows, title="Not recognised as models")
+
+
+@app.command("default")
+def set_default(
+    ctx: typer.Context,
+    key: Annotated[str, typer.Argument(help="The model's key.")],
+) -> None:
+    """Make a model the default of its type: nodes whose model input is left empty use it."""
+    easel = client(ctx)
+    model = easel.model_records.GetModel(records_pb.GetModelRequest(key=key)).model
+    request = invocation_pb.SetDefaultModelRequest(model_type=model.type, model_key=key)
+    easel.invocations.SetDefaultModel(request)
+    output.say(f"{model.name} ({key}) is the default {_string_form(TYPES, model.type)} model")
+
+
+@app.command("clear-default")
+def clear_default(
+    ctx: typer.Context,
+    model_type: Annotated[ModelType, typer.Argument(help="The model type.")],
+) -> None:
+    """Forget the default set for a model type: the invoker's `default_models` setting, or
+    else the only installed model of the type, applies again."""
+    request = invocation_pb.DeleteDefaultModelRequest(model_type=TYPES.to_pb(model_type))
+    client(ctx).invocations.DeleteDefaultModel(request)
+    output.say(f"no default {model_type.value} model is set")
+
+
+@app.command("defaults")
+def list_defaults(ctx: typer.Context, as_json: Json = False) -> None:
+    """List the default model of each type that has one, and where it comes from."""
+    defaults = list(
+        client(ctx)
+        .invocations.ListDefaultModels(invocation_pb.ListDefaultModelsRequest())
+        .default_models
+    )
+    if as_json:
+        output.print_json(defaults)
+        return
+    rows = [
+        [
+            _string_form(TYPES, default.model_type),
+            default.model_key,
+            output.label(invocation_pb.DefaultModelSource, default.source),
+        ]
+        for default in defaults
+    ]
+    output.table(["type", "key", "source"], rows, caption=output.count(len(rows), "default"))

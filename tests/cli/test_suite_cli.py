@@ -98,3 +98,32 @@ def test_status_exits_4_naming_the_services_down(run_service, easel_env, easel: 
         "inference": "UNREACHABLE",
     }
     assert "not serving: invoker, inference" in down.stderr
+
+
+def test_models_default_sets_lists_and_clears_the_default_of_a_type(
+    env: dict[str, str], model_zoo: ModelZoo
+):
+    easel = Easel(env)
+    with EaselClient(client_settings(env)) as sdk:
+        key = register_model(
+            sdk,
+            "x2",
+            model_zoo.esrgan_x2,
+            base=m.BASE_MODEL_TYPE_ANY,
+            type=m.MODEL_TYPE_UPSCALER,
+            format=m.MODEL_FORMAT_CHECKPOINT,
+            upscaler=m.UpscalerSettings(scale=2),
+        )
+    assert "is the default upscaler model" in easel.ok("models", "default", key).stdout
+    [default] = easel.json("models", "defaults")
+    assert (default["model_type"], default["model_key"], default["source"]) == (
+        "MODEL_TYPE_UPSCALER",
+        key,
+        "DEFAULT_MODEL_SOURCE_SET",
+    )
+    assert key in easel.ok("models", "defaults").stdout
+
+    easel.ok("models", "clear-default", "upscaler")
+    assert easel.json("models", "defaults") == []
+    assert easel("models", "clear-default", "upscaler").exit_code == 3
+    assert easel("models", "default", "no-such-key").exit_code == 3
