@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.model_fixtures import ModelZoo
+from tests.postgres import TestPostgres
 from tests.processes import STARTED, ServiceProcess, address_key, start_service, suite_env
 
 SUITE_TOKEN = "easel-suite-token"
@@ -61,3 +62,25 @@ def run_service(easel_env: dict[str, str], tmp_path: Path) -> Iterator:
 def model_zoo(tmp_path_factory: pytest.TempPathFactory) -> ModelZoo:
     """Every fixture model, each built on first use and shared by the whole session."""
     return ModelZoo(Path(tmp_path_factory.mktemp("model_zoo")))
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[TestPostgres]:
+    """The run's PostgreSQL server, started when a test first asks for a database."""
+    server = TestPostgres()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: TestPostgres) -> str:
+    """The URL of an empty PostgreSQL database of this test's own."""
+    return postgres_server.new_database()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest) -> str:
+    """The `database_url` setting, once for each engine: a test asking for it runs twice."""
+    if request.param == "sqlite":
+        return "sqlite:"
+    return request.getfixturevalue("postgres_url")

@@ -130,6 +130,34 @@ def test_an_invalid_setting_ends_a_process_with_one_clear_line(root: Path, value
 
 
 @pytest.mark.parametrize(
+    "url",
+    ["mysql://u:secret@h/db", "postgresql:secret", "sqlite:///x.db", "postgresql://h:99999/db"],
+)
+def test_a_bad_database_url_ends_a_process_with_one_line_without_the_password(root: Path, url: str):
+    env = {**os.environ, "EASEL_ROOT": str(root), "EASEL_DATABASE_URL": url}
+    done = subprocess.run(
+        [sys.executable, "-m", "services.model_manager.main"],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    [line] = done.stderr.splitlines()
+    assert line.startswith("easel-model-manager: invalid settings: database_url: ")
+    assert "secret" not in line
+    assert not (root / "databases").exists()
+
+
+def test_database_url_takes_sqlite_or_a_postgresql_url(root: Path, monkeypatch):
+    assert CommonSettings.load([]).database_url == "sqlite:"
+    url = "postgresql://easel:pw@db.internal:5432/easel"
+    monkeypatch.setenv("EASEL_DATABASE_URL", url)
+    assert CommonSettings.load([]).database_url == url
+
+
+@pytest.mark.parametrize(
     "settings_class", [InferenceSettings, ModelManagerSettings, DownloaderSettings]
 )
 def test_readme_documents_every_setting(settings_class: type[CommonSettings]):

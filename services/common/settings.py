@@ -29,6 +29,7 @@ from pydantic_settings import (
 )
 from pydantic_settings.exceptions import SettingsError
 
+from services.common.database_url import SQLITE_URL, check_database_url
 from services.common.errors import FieldViolation, InvalidArgumentError
 
 SETTINGS_FILE_NAME = "easel.yaml"
@@ -97,10 +98,19 @@ class CommonSettings(BaseSettings):
     """File a server writes the host:port it listens on to, once bound: with port 0 in its
     address, the port the system chose. Set it per process (flag or environment)."""
 
+    database_url: str = SQLITE_URL
+    """Where services keep their state: sqlite: (each store in its own file under the root)
+    or postgresql://user:password@host:port/database (every store in that database)."""
+
     @field_validator("root", "tls_cert_file", "tls_key_file", "tls_ca_file", "address_file")
     @classmethod
     def _expand_user(cls, path: Path | None) -> Path | None:
         return path.expanduser().resolve() if path is not None else None
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, url: str) -> str:
+        return check_database_url(url)
 
     @property
     def tls_enabled(self) -> bool:

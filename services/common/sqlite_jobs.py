@@ -1,4 +1,5 @@
-"""Jobs that survive a restart: each job's last saved state as JSON text, by id, in SQLite.
+"""Jobs that survive a restart: each job's last saved state as JSON text, by id, in SQLite
+(`postgres_jobs.PostgresJobRows` is the same on PostgreSQL; `job_rows` picks one).
 
 A service keeps its jobs in memory and writes each one here when its state changes; at
 start it reads them back. Ids come from a persisted counter (`counters` row `job_id`), so
@@ -17,10 +18,26 @@ from typing import TypeVar
 
 import structlog
 
+from services.common.migrations import Migration, migrate_sqlite
 from services.common.sqlite_files import open_wal_database
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
+
+
+def sqlite_job_migrations(table: str) -> list[Migration]:
+    """The job table and the id counter; files written before migrations were recorded
+    hold both already, which the IF NOT EXISTS leaves as they are."""
+    return [
+        Migration(
+            1,
+            (
+                f"CREATE TABLE IF NOT EXISTS {table} (id INTEGER PRIMARY KEY, job TEXT NOT NULL)",
+                "CREATE TABLE IF NOT EXISTS counters "
+                "(name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+            ),
+        )
+    ]
 
 
 class SqliteJobRows:
@@ -31,14 +48,8 @@ class SqliteJobRows:
             raise ValueError(f"not a table name: {table!r}")
         self._table = table
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{table}-db")
-        self._db = open_wal_database(
-            path,
-            [
-                f"CREATE TABLE IF NOT EXISTS {table} (id INTEGER PRIMARY KEY, job TEXT NOT NULL)",
-                "CREATE TABLE IF NOT EXISTS counters "
-                "(name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
-            ],
-        )
+        self._db = open_wal_database(path)
+        migrate_sqlite(self._db, table, sqlite_job_migrations(table))
 
     async def allocate_id(self) -> int:
         """A new job id, never handed out before."""
@@ -68,8 +79,9 @@ class SqliteJobRows:
         """Wait until every write asked for so far has been made."""
         await self._run(lambda: None)
 
-    def close(self) -> None:
+    async def close(self) -> None:
         """Finish the writes asked for, then close the file."""
+        await self.flush()
         self._writer.shutdown(wait=True)
         self._db.close()
 

@@ -1,4 +1,5 @@
-"""Where download jobs survive a restart: their last saved states in a SQLite file.
+"""Where download jobs survive a restart: their last saved states, in the SQLite file
+`downloads_db_path` or the `download_jobs` table of the PostgreSQL database.
 
 A job is saved at every change of status, not on every chunk: a restart recomputes the
 bytes from the partial files. Access tokens are never written: a job given one is stored
@@ -14,15 +15,20 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from services.common.sqlite_jobs import SqliteJobRows
+from services.common.job_rows import JobRows, open_job_rows
 from services.downloader.jobs import DownloadJob
 
 
 class DownloadJobStore:
     """Download jobs by id, ids that are never reused, and writes kept in the order asked."""
 
-    def __init__(self, path: Path) -> None:
-        self._rows = SqliteJobRows(path, "download_jobs")
+    def __init__(self, rows: JobRows) -> None:
+        self._rows = rows
+
+    @classmethod
+    async def open(cls, database_url: str, sqlite_path: Path) -> DownloadJobStore:
+        """The store on the engine `database_url` names (see `open_job_rows`)."""
+        return cls(await open_job_rows(database_url, sqlite_path, "download_jobs"))
 
     async def allocate_id(self) -> int:
         return await self._rows.allocate_id()
@@ -51,6 +57,6 @@ class DownloadJobStore:
                 job.access_token = SecretStr("")
         return jobs
 
-    def close(self) -> None:
-        """Write what is pending, then close the file."""
-        self._rows.close()
+    async def close(self) -> None:
+        """Write what is pending, then close the file or connection."""
+        await self._rows.close()

@@ -17,7 +17,7 @@ DOMAIN = "easel.downloader.v1"
 
 
 async def build(server: ServiceServer, settings: DownloaderSettings) -> None:
-    store = DownloadJobStore(settings.downloads_db_path)
+    store = await DownloadJobStore.open(settings.database_url, settings.downloads_db_path)
     queue = DownloadQueue(store, settings)
     await queue.start()
     server.add_service(
@@ -27,7 +27,7 @@ async def build(server: ServiceServer, settings: DownloaderSettings) -> None:
 
     async def close_store() -> None:
         await queue.close()
-        store.close()
+        await store.close()
 
     server.on_shutdown(close_store)
 

@@ -32,10 +32,12 @@ log = structlog.get_logger(__name__)
 
 
 async def build(server: ServiceServer, settings: ModelManagerSettings) -> None:
-    store = open_record_store(settings.model_config_db)
+    store = await asyncio.to_thread(
+        open_record_store, settings.model_config_db, settings.database_url
+    )
     downloads = DownloaderClient(settings, settings.downloader_reconnect_s)
     hub = HuggingFaceRepo(settings.hf_endpoint)
-    job_store = InstallJobStore(settings.install_jobs_db)
+    job_store = await InstallJobStore.open(settings.database_url, settings.install_jobs_db)
     installer = ModelInstaller(settings, store, downloads, hub, job_store)
     cache_folder = settings.models_dir / ".cache" / "downloads"
     cache = DownloadCache(cache_folder, settings.download_cache_bytes, downloads, hub)
@@ -71,7 +73,7 @@ async def build(server: ServiceServer, settings: ModelManagerSettings) -> None:
 
     async def close() -> None:
         await downloads.close()
-        job_store.close()
+        await job_store.close()
         store.close()
 
     server.on_shutdown(close)

@@ -77,7 +77,11 @@ ENUM_BY_KEY = {
     if field.enum_type is not None
 }
 REPLACED_IN_FULL = CONFIG_FIELDS - {"key"} - OUTPUT_ONLY
-BACKENDS = {StoreBackend.SQLITE: pb.STORE_BACKEND_SQLITE, StoreBackend.YAML: pb.STORE_BACKEND_YAML}
+BACKENDS = {
+    StoreBackend.SQLITE: pb.STORE_BACKEND_SQLITE,
+    StoreBackend.YAML: pb.STORE_BACKEND_YAML,
+    StoreBackend.POSTGRESQL: pb.STORE_BACKEND_POSTGRESQL,
+}
 
 
 def config_to_pb(config: AnyModelConfig) -> model_pb2.ModelConfig:

@@ -15,12 +15,14 @@ from services.downloader.jobs import DownloadJobStatus
 from services.downloader.settings import DownloaderSettings
 
 
-async def test_an_unexpected_failure_ends_the_job_even_when_clean_up_fails(tmp_path, monkeypatch):
+async def test_an_unexpected_failure_ends_the_job_even_when_clean_up_fails(
+    database_url: str, tmp_path, monkeypatch
+):
     root = tmp_path / "root"
     (root / "src").mkdir(parents=True)
     (root / "src" / "a.bin").write_bytes(b"a" * 1000)
     database = root / "downloads.db"
-    store = DownloadJobStore(database)
+    store = await DownloadJobStore.open(database_url, database)
     queue = DownloadQueue(store, DownloaderSettings(root=root, free_space_reserve_bytes=0))
     await queue.start()
 
@@ -40,7 +42,7 @@ async def test_an_unexpected_failure_ends_the_job_even_when_clean_up_fails(tmp_p
     finally:
         await queue.shutdown()
         await queue.close()
-        store.close()
-    reopened = DownloadJobStore(database)
+        await store.close()
+    reopened = await DownloadJobStore.open(database_url, database)
     assert [stored.status for stored in await reopened.load_all()] == [DownloadJobStatus.ERROR]
-    reopened.close()
+    await reopened.close()

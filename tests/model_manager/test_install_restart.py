@@ -8,6 +8,7 @@ import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 
+import psycopg
 import pytest
 from pydantic import SecretStr
 
@@ -153,27 +154,28 @@ async def test_a_download_with_a_token_cut_by_restarting_both_services_needs_it_
     assert again.status == pb.INSTALL_STATUS_COMPLETED, again.error
 
 
-async def test_the_store_never_reuses_ids_and_never_writes_tokens(tmp_path: Path):
+async def test_the_store_never_reuses_ids_and_never_writes_tokens(
+    database_url: str, tmp_path: Path
+):
     path = tmp_path / "installs.db"
-    store = InstallJobStore(path)
+    store = await InstallJobStore.open(database_url, path)
     source = UrlModelSource(url="https://example.com/a.safetensors", access_token=SecretStr(SECRET))
     ids = [await store.allocate_id(), await store.allocate_id()]
     for job_id in ids:
         await store.save(InstallJob(id=job_id, source=source, status=InstallStatus.ERROR))
     await store.delete(ids)
-    store.close()
+    await store.close()
 
-    store = InstallJobStore(path)
+    store = await InstallJobStore.open(database_url, path)
     assert await store.load_all() == []
     job = InstallJob(id=await store.allocate_id(), source=source)
     assert job.id == 3
     await store.save(job)
-    store.close()
-    with sqlite3.connect(path) as db:
-        rows = db.execute("SELECT job FROM install_jobs").fetchall()
-    assert SECRET not in str(rows)
+    await store.close()
+    assert "example.com/a.safetensors" in str(stored_rows(database_url, path))
+    assert SECRET not in str(stored_rows(database_url, path))
 
-    store = InstallJobStore(path)
+    store = await InstallJobStore.open(database_url, path)
     [loaded] = await store.load_all()
     assert loaded.id == 3
     assert loaded.source.access_token is not None  # it had one ...
@@ -190,4 +192,14 @@ async def test_the_store_never_reuses_ids_and_never_writes_tokens(tmp_path: Path
     )
     await store.save(done)
     assert (await store.load_all())[1] == done
-    store.close()
+    await store.close()
+
+
+def stored_rows(database_url: str, path: Path) -> list[tuple[str]]:
+    if database_url == "sqlite:":
+        with sqlite3.connect(path) as db:
+            rows = db.execute("SELECT job FROM install_jobs").fetchall()
+        db.close()
+        return rows
+    with psycopg.connect(database_url) as pg:
+        return pg.execute("SELECT job FROM install_jobs").fetchall()

@@ -1,6 +1,6 @@
-"""One suite for both record stores (SQLite and YAML): every operation, every filter,
-duplicates, rejected writes that leave nothing behind, persistence across a reopen, schema
-versions and migrations, and files that are not a store of ours."""
+"""One suite for every record store (SQLite, YAML and PostgreSQL): every operation, every
+filter, duplicates, rejected writes that leave nothing behind, persistence across a reopen,
+schema versions and migrations, and files that are not a store of ours."""
 
 from __future__ import annotations
 
@@ -37,6 +37,9 @@ from tests.processes import wait_serving
 BLAKE3 = "blake3:" + "ab" * 32
 SHA256 = "sha256:" + "cd" * 32
 FILE_NAMES = {StoreBackend.SQLITE: "models.db", StoreBackend.YAML: "models.yaml"}
+POSTGRES_URLS: dict[str, str] = {}
+"""The URL of each PostgreSQL store a test opened, by its location (which hides the
+password), so `reopen` can open it again."""
 
 
 def config(**fields: Any) -> AnyModelConfig:
@@ -46,20 +49,35 @@ def config(**fields: Any) -> AnyModelConfig:
     return parse_config(data)
 
 
-@pytest.fixture(params=list(StoreBackend))
+@pytest.fixture(params=list(FILE_NAMES))
 def store_path(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
     return tmp_path / "databases" / FILE_NAMES[request.param]
 
 
 @pytest.fixture
-def store(store_path: Path) -> Iterator[ModelRecordStore]:
+def file_store(store_path: Path) -> Iterator[ModelRecordStore]:
     opened = open_record_store(store_path)
+    yield opened
+    opened.close()
+
+
+@pytest.fixture(params=list(StoreBackend))
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ModelRecordStore]:
+    if request.param is StoreBackend.POSTGRESQL:
+        url = request.getfixturevalue("postgres_url")
+        opened = open_record_store(tmp_path / "unused.db", url)
+        POSTGRES_URLS[str(opened.location)] = url
+    else:
+        opened = open_record_store(tmp_path / "databases" / FILE_NAMES[request.param])
     yield opened
     opened.close()
 
 
 def reopen(store: ModelRecordStore) -> ModelRecordStore:
     store.close()
+    if store.backend is StoreBackend.POSTGRESQL:
+        return open_record_store(Path("unused.db"), POSTGRES_URLS[str(store.location)])
+    assert isinstance(store.location, Path)
     return open_record_store(store.location)
 
 
@@ -343,13 +361,22 @@ def test_changes_persist_across_a_reopen(store: ModelRecordStore):
 
 
 def test_the_store_reports_its_version_backend_and_location(
-    store: ModelRecordStore, store_path: Path
+    file_store: ModelRecordStore, store_path: Path
 ):
-    assert store.schema_version == "3.2"
-    assert store.location == store_path
-    assert (
-        store.backend is {".db": StoreBackend.SQLITE, ".yaml": StoreBackend.YAML}[store_path.suffix]
-    )
+    assert file_store.schema_version == "3.2"
+    assert file_store.location == store_path
+    suffixes = {".db": StoreBackend.SQLITE, ".yaml": StoreBackend.YAML}
+    assert file_store.backend is suffixes[store_path.suffix]
+
+
+def test_a_postgres_store_reports_its_database_without_the_password(postgres_url: str):
+    url = postgres_url.replace("postgres:@", "postgres:not-needed@")  # trust authentication
+    store = open_record_store(Path("unused.db"), url)
+    try:
+        assert (store.backend, store.schema_version) == (StoreBackend.POSTGRESQL, "3.2")
+        assert store.location == url.replace("not-needed", "***")
+    finally:
+        store.close()
 
 
 def test_concurrent_writers_lose_nothing(store: ModelRecordStore):
@@ -429,22 +456,22 @@ def _set_version(path: Path, version: str) -> None:
     path.write_text(yaml.safe_dump(document))
 
 
-def test_a_newer_schema_is_refused(store: ModelRecordStore):
-    store.add(config())
-    store.close()
-    _set_version(store.location, "9.0")
+def test_a_newer_schema_is_refused(file_store: ModelRecordStore, store_path: Path):
+    file_store.add(config())
+    file_store.close()
+    _set_version(store_path, "9.0")
     with pytest.raises(errors.FailedPreconditionError) as caught:
-        open_record_store(store.location)
+        open_record_store(store_path)
     assert caught.value.reason == "UNSUPPORTED_SCHEMA_VERSION"
     assert caught.value.metadata["schema_version"] == "9.0"
 
 
 def test_an_older_schema_is_migrated_at_open(
-    store: ModelRecordStore, monkeypatch: pytest.MonkeyPatch
+    file_store: ModelRecordStore, store_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    added = store.add(config(name="old", tags=["a"]))
-    store.close()
-    _set_version(store.location, "3.0")
+    added = file_store.add(config(name="old", tags=["a"]))
+    file_store.close()
+    _set_version(store_path, "3.0")
 
     def rename(record: dict[str, Any]) -> dict[str, Any]:
         return {**record, "name": record["name"] + "-migrated", "tags": ["migrated"]}
@@ -453,7 +480,7 @@ def test_an_older_schema_is_migrated_at_open(
         return {**record, "tags": [*record["tags"], "twice"]}
 
     monkeypatch.setattr(record_store, "MIGRATIONS", {"3.0": ("3.1", rename), "3.1": ("3.2", tag)})
-    migrated = open_record_store(store.location)
+    migrated = open_record_store(store_path)
     try:
         assert migrated.schema_version == SCHEMA_VERSION
         record = migrated.get(added.key)
@@ -463,7 +490,7 @@ def test_an_older_schema_is_migrated_at_open(
     finally:
         migrated.close()
     monkeypatch.setattr(record_store, "MIGRATIONS", {})
-    reopened = open_record_store(store.location)  # the file itself is at 3.2 now
+    reopened = open_record_store(store_path)  # the file itself is at 3.2 now
     try:
         assert reopened.get(added.key).name == "old-migrated"
     finally:
@@ -544,3 +571,31 @@ def test_a_second_model_manager_on_a_yaml_store_is_refused(run_service, easel_en
 def test_a_config_class_is_picked_by_type_and_format(store: ModelRecordStore):
     added = store.add(config(type="main", format="checkpoint"))
     assert isinstance(store.get(added.key), MainCheckpointConfig)
+
+
+def test_two_postgres_stores_on_one_database_never_register_a_path_twice(postgres_url: str):
+    """Replicas of the model manager share one database: a path one of them takes while the
+    other checks it is still refused, with the same error as one taken before."""
+    stores = [open_record_store(Path("unused.db"), postgres_url) for _ in range(2)]
+    start = threading.Barrier(8)
+    outcomes: list[str] = []
+
+    def add(index: int) -> None:
+        start.wait()
+        try:
+            stores[index % 2].add(config(name=f"n{index}", path="same.safetensors"))
+            outcomes.append("added")
+        except errors.AlreadyExistsError as error:
+            outcomes.append(error.reason)
+
+    threads = [threading.Thread(target=add, args=(index,)) for index in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    try:
+        assert sorted(outcomes) == ["MODEL_PATH_ALREADY_REGISTERED"] * 7 + ["added"]
+        assert [store.count() for store in stores] == [1, 1]
+    finally:
+        for store in stores:
+            store.close()

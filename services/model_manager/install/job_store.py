@@ -1,4 +1,5 @@
-"""Where install jobs survive a restart: their last saved states in a SQLite file.
+"""Where install jobs survive a restart: their last saved states, in the SQLite file
+`install_jobs_db` or the `install_jobs` table of the PostgreSQL database.
 
 A job is saved when its state changes, not on download progress (the downloader keeps the
 bytes). Access tokens are never written: a job given one is stored with an empty token,
@@ -12,15 +13,20 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-from services.common.sqlite_jobs import SqliteJobRows
+from services.common.job_rows import JobRows, open_job_rows
 from services.model_manager.install.install_jobs import InstallJob
 
 
 class InstallJobStore:
     """Install jobs by id, and ids that are never reused."""
 
-    def __init__(self, path: Path) -> None:
-        self._rows = SqliteJobRows(path, "install_jobs")
+    def __init__(self, rows: JobRows) -> None:
+        self._rows = rows
+
+    @classmethod
+    async def open(cls, database_url: str, sqlite_path: Path) -> InstallJobStore:
+        """The store on the engine `database_url` names (see `open_job_rows`)."""
+        return cls(await open_job_rows(database_url, sqlite_path, "install_jobs"))
 
     async def allocate_id(self) -> int:
         return await self._rows.allocate_id()
@@ -38,5 +44,5 @@ class InstallJobStore:
     async def load_all(self) -> list[InstallJob]:
         return [InstallJob.model_validate_json(text) for text in await self._rows.load_all()]
 
-    def close(self) -> None:
-        self._rows.close()
+    async def close(self) -> None:
+        await self._rows.close()

@@ -3,7 +3,8 @@
 The interface does the record logic once (duplicate keys and paths, sparse updates, the
 unique name+base+type lookup) on top of a few storage primitives, under one lock per
 store, so both backends behave identically and a rejected write changes nothing.
-`open_store.open_record_store` picks the backend by file extension.
+`open_store.open_record_store` picks the backend: PostgreSQL when `database_url` names
+one, otherwise by file extension.
 """
 
 from __future__ import annotations
@@ -43,10 +44,11 @@ EXACT_FILTERS = ("name", "base", "type", "format", "path", "hash", "source")
 
 
 class StoreBackend(StrEnum):
-    """Kind of file a store keeps its records in."""
+    """Where a store keeps its records: a kind of file, or a PostgreSQL database."""
 
     SQLITE = "sqlite"
     YAML = "yaml"
+    POSTGRESQL = "postgresql"
 
 
 @dataclass(frozen=True)
@@ -80,8 +82,9 @@ class ModelRecordStore(ABC):
 
     backend: ClassVar[StoreBackend]
 
-    def __init__(self, location: Path) -> None:
-        self.location = location.resolve()
+    def __init__(self, location: Path | str) -> None:
+        """`location`: the store's file, or a description of its database (no password)."""
+        self.location = location.resolve() if isinstance(location, Path) else location
         self._lock = threading.RLock()
 
     @property

@@ -128,7 +128,7 @@ class SqliteModelRecordStore(ModelRecordStore):
             self._db.execute(
                 "UPDATE models SET name = ?, base = ?, type = ?, format = ?, path = ?, hash = ?, "
                 "source = ?, config = ? WHERE key = ?",
-                [*_row(config)[1:], config.key],
+                [*record_row(config)[1:], config.key],
             )
             self._db.execute("DELETE FROM model_tags WHERE key = ?", (config.key,))
             self._insert_tags(config)
@@ -168,7 +168,7 @@ class SqliteModelRecordStore(ModelRecordStore):
         self._db.execute(
             "INSERT INTO models (key, name, base, type, format, path, hash, source, config) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            _row(config),
+            record_row(config),
         )
         self._insert_tags(config)
 
@@ -225,7 +225,8 @@ class SqliteModelRecordStore(ModelRecordStore):
         self._db.execute(f"INSERT INTO {VERSION_TABLE} (version) VALUES (?)", (SCHEMA_VERSION,))
 
 
-def _row(config: AnyModelConfig) -> tuple[str, ...]:
+def record_row(config: AnyModelConfig) -> tuple[str, ...]:
+    """The values of a record's row, in the order of the table's columns."""
     return (
         config.key,
         config.name,
