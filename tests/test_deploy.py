@@ -202,6 +202,8 @@ def test_models_are_shared_and_read_only_to_inference_workers() -> None:
     for deployment, container, service in easel_deployments():
         volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
         for mount in container.get("volumeMounts", []):
+            if "persistentVolumeClaim" not in volumes[mount["name"]]:
+                continue  # a pod's own scratch folder
             claim = volumes[mount["name"]]["persistentVolumeClaim"]
             assert claim["claimName"] in claims
             if claim["claimName"] == "models":

@@ -279,4 +279,7 @@ def build_model_loads(
     cache = ModelCache(ram, vram, runtime.device)
     log.info("model cache ready", ram_limit_bytes=ram, vram_limit_bytes=cache.vram_limit_bytes)
     options = LoadOptions(dtype=runtime.dtype, root=Path(settings.root))
+    if settings.convert_cache_dir is not None:
+        convert_cache = ConvertCache(settings.convert_cache_dir, settings.convert_cache_bytes)
+        options = replace(options, convert_cache=convert_cache)
     return ModelLoadService(records, LOADERS, cache, options, events, settings.convert_cache_bytes)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from enum import StrEnum
+from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 
-from services.common.settings import CommonSettings
+from services.common.settings import DEFAULT_ROOT, CommonSettings
 
 
 class DeviceChoice(StrEnum):
@@ -60,6 +61,11 @@ class InferenceSettings(CommonSettings):
     converted once into diffusers folders (least recently used evicted beyond it; a model
     too big for it loads from its file each time)."""
 
+    convert_cache_dir: Path | None = None
+    """Folder of those conversions; relative to the root. Unset: `.cache/convert` in the
+    model manager's models folder. Give each worker a folder of its own where the models
+    folder is read-only to inference (a shared volume)."""
+
     generation_keep_count: int = Field(default=100, ge=0)
     """Most finished generations kept for GetGeneration, ListGenerations and
     WaitGeneration; beyond it the oldest are forgotten (their ids then give NOT_FOUND).
@@ -68,3 +74,12 @@ class InferenceSettings(CommonSettings):
 
     generation_keep_s: float = Field(default=3600.0, ge=0)
     """Seconds a finished generation is kept after it ended, then forgotten."""
+
+    @field_validator("convert_cache_dir")
+    @classmethod
+    def _under_root(cls, path: Path | None, info: ValidationInfo) -> Path | None:
+        """Absolute from here on, so no later use depends on the working directory."""
+        if path is None:
+            return None
+        root = info.data.get("root", DEFAULT_ROOT.expanduser())
+        return (root / path.expanduser()).resolve()

@@ -14,12 +14,16 @@ from services.common.errors import (
 from services.common.model_taxonomy import ModelFormat, ModelType, SubModelType
 from services.inference.events import (
     EventContext,
+    InferenceEvents,
     ModelLoadCompleted,
     ModelLoadFailed,
     ModelLoadStarted,
 )
 from services.inference.loading.weights import tensor_bytes
-from tests.inference.conftest import record
+from services.inference.model_loads import build_model_loads
+from services.inference.settings import InferenceSettings
+from services.inference.torch_runtime import start_torch
+from tests.inference.conftest import Records, record
 
 UNET = SubModelType.UNET
 
@@ -195,3 +199,20 @@ async def test_a_conversion_too_big_for_its_budget_loads_from_the_file(zoo, make
     unet = await loads.load("ckpt", UNET)
     assert unet.entry.path == zoo.sd1_single_file
     assert not (tmp_path / "models" / ".cache" / "convert" / "ckpt").exists()
+
+
+async def test_conversions_go_to_the_convert_cache_dir_when_one_is_set(zoo, tmp_path):
+    settings = InferenceSettings(root=tmp_path, device="cpu", convert_cache_dir="worker/convert")
+    records = Records(tmp_path / "models")
+    loads = build_model_loads(settings, start_torch(settings), records, InferenceEvents())
+    records.add(
+        record(
+            zoo.sd1_single_file,
+            key="ckpt",
+            format=ModelFormat.CHECKPOINT,
+            config_path=str(zoo.sd1_diffusers),
+        )
+    )
+    unet = await loads.load("ckpt", UNET)
+    assert unet.entry.path == tmp_path / "worker" / "convert" / "ckpt" / "unet"
+    assert not (tmp_path / "models" / ".cache").exists()
