@@ -5,15 +5,22 @@ inference process for txt2img.
 
 - node_us_N: the wall time of CreateSession, InvokeSession (all) and WaitSession for a chain
   of N `add` nodes, less the same for a 1-node graph, per extra node: (wall_N - wall_1) /
-  (N - 1), in µs, medians of RUNS runs after one warm-up. Target: under 200 and flat.
-- queue_gap_ms: two sessions invoked back to back; the second's first InvocationStarted
-  less the first's SessionComplete, both by the server's clock as WatchSessionEvents
-  reports them. Median of GAP_RUNS pairs. Target: under 5.
+  (N - 1), in µs, the median of RUNS pairs (10 times as many for N = 10, whose difference
+  of a millisecond is the easiest to drown in noise) after one warm-up; the two sessions
+  of a pair run back to back, so both see the same load of the machine. Target: under
+  200 and flat.
+- queue_gap_ms: two sessions queued back to back while the queue is paused, then the
+  queue resumed (so the second is PENDING when the first ends, however fast the first
+  runs); the second's first InvocationStarted less the first's SessionComplete, both by
+  the server's clock as WatchSessionEvents reports them. Median of GAP_RUNS pairs.
+  Target: under 5.
 - txt2img_vs_diffusers: a session of one txt2img node (the tiny sd-1 model of the test
   fixtures, model input left empty: the only installed main model) through the invoker /
   `StableDiffusionPipeline` called here, same model, size, steps, scheduler and seed,
   torch on one thread on both sides. Medians of interleaved runs after one warm-up each.
-  Target: at most 1.05.
+  Nobody watches these sessions, so their generations make no previews. Target: at most
+  1.05. `invoker_previews_ms` on the `invoker_txt2img:` line is the same session with a
+  watch that asks for previews (from its creation to its SessionComplete event).
 Last line: `invoker: node_us_10=X node_us_100=X node_us_500=X queue_gap_ms=X
 txt2img_vs_diffusers=R`.
 """
@@ -41,15 +48,16 @@ from bench.inference import (
 )
 from clients.sdk import EaselClient
 from easel.invoker.v1 import graph_pb2
+from easel.invoker.v1 import queue_service_pb2 as queue_pb
 from easel.invoker.v1 import session_service_pb2 as pb
 from tests.model_fixtures import ModelZoo
 from tests.processes import client_settings, start_service, suite_env, wait_serving
 
 SIZES = (10, 100, 500)
-RUNS = 5
+RUNS = 11
 GAP_RUNS = 9
 GAP_NODES = 10
-TXT2IMG_RUNS = 5
+TXT2IMG_RUNS = 7
 WAIT_S = 300
 
 
@@ -82,22 +90,26 @@ def run_session(client: EaselClient, graph: graph_pb2.Graph) -> pb.Session:
     return done
 
 
-def median_wall_s(client: EaselClient, graph: graph_pb2.Graph) -> float:
-    run_session(client, graph)
-    return statistics.median(elapsed_s(lambda: run_session(client, graph)) for _ in range(RUNS))
-
-
 def measure_nodes(client: EaselClient) -> dict[str, float]:
-    single = median_wall_s(client, add_chain(1))
+    single = add_chain(1)
+    run_session(client, single)
     figures = {}
     for length in SIZES:
         chain = add_chain(length)
         last = run_session(client, chain).state.results[f"n{length - 1}"]
         if last.fields["value"].number_value != length:
             raise RuntimeError(f"the chain of {length} gave {last}")
-        per_node_s = (median_wall_s(client, chain) - single) / (length - 1)
-        figures[f"node_us_{length}"] = round(per_node_s * 1e6, 1)
+        pairs = RUNS * max(1, 100 // length)
+        extra_s = statistics.median(paired_extra_s(client, chain, single) for _ in range(pairs))
+        figures[f"node_us_{length}"] = round(extra_s / (length - 1) * 1e6, 1)
     return figures
+
+
+def paired_extra_s(client: EaselClient, graph: graph_pb2.Graph, single: graph_pb2.Graph) -> float:
+    """How much longer a session of `graph` takes than one of `single`, run right after."""
+    return elapsed_s(lambda: run_session(client, graph)) - elapsed_s(
+        lambda: run_session(client, single)
+    )
 
 
 def queue_gap_ms(client: EaselClient) -> float:
@@ -111,9 +123,13 @@ def queue_gap_ms(client: EaselClient) -> float:
         )
         try:
             next(stream), next(stream)  # both snapshots: the watch is live
-            for session_id in (first, second):
-                invoke = pb.InvokeSessionRequest(session_id=session_id, all=True)
-                client.sessions.InvokeSession(invoke)
+            client.queue.PauseQueue(queue_pb.PauseQueueRequest())
+            try:
+                for session_id in (first, second):
+                    invoke = pb.InvokeSessionRequest(session_id=session_id, all=True)
+                    client.sessions.InvokeSession(invoke)
+            finally:
+                client.queue.ResumeQueue(queue_pb.ResumeQueueRequest())
             ended = started = None
             for response in stream:
                 event = response.event
@@ -152,19 +168,46 @@ def txt2img_graph() -> graph_pb2.Graph:
     )
 
 
+def run_watched(client: EaselClient, graph: graph_pb2.Graph) -> None:
+    """A session run under a watch that asks for previews, until its SessionComplete."""
+    session = client.sessions.CreateSession(pb.CreateSessionRequest(graph=graph)).session
+    watch = pb.WatchSessionEventsRequest(session_ids=[session.id], include_previews=True)
+    stream = client.sessions.WatchSessionEvents(watch, timeout=WAIT_S)
+    previews = 0
+    try:
+        next(stream)  # the snapshot: the watch is live before the run starts
+        invoke = pb.InvokeSessionRequest(session_id=session.id, all=True)
+        client.sessions.InvokeSession(invoke)
+        for response in stream:
+            event = response.event
+            kind = event.WhichOneof("payload")
+            previews += event.invocation_progress.HasField("preview")
+            if kind == "session_complete":
+                break
+            if kind in ("session_cancelled", "session_error", "invocation_error"):
+                raise RuntimeError(f"session {session.id}: {kind}")
+    finally:
+        stream.cancel()
+    if not previews:
+        raise RuntimeError("a watch that asked for previews got none")
+
+
 def measure_txt2img(client: EaselClient, folder: Path) -> dict[str, float]:
     pipe = load_pipeline(folder)
     graph = txt2img_graph()
     run_session(client, graph)
+    run_watched(client, graph)
     generate_diffusers(pipe)
-    invoker_s, diffusers_s = [], []
+    invoker_s, previews_s, diffusers_s = [], [], []
     for _ in range(TXT2IMG_RUNS):
         invoker_s.append(elapsed_s(lambda: run_session(client, graph)))
+        previews_s.append(elapsed_s(lambda: run_watched(client, graph)))
         diffusers_s.append(elapsed_s(lambda: generate_diffusers(pipe)))
     invoker_ms = statistics.median(invoker_s) * 1000
     diffusers_ms = statistics.median(diffusers_s) * 1000
     return {
         "invoker_ms": round(invoker_ms, 1),
+        "invoker_previews_ms": round(statistics.median(previews_s) * 1000, 1),
         "diffusers_ms": round(diffusers_ms, 1),
         "txt2img_vs_diffusers": round(invoker_ms / diffusers_ms, 3),
     }

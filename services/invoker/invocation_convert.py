@@ -1,11 +1,16 @@
-"""Conversions from the invocation registry's schemas to InvocationService messages."""
+"""Conversions from the invocation registry's schemas and the default models to
+InvocationService messages."""
 
 from __future__ import annotations
 
 from google.protobuf import json_format, struct_pb2
 
 from easel.invoker.v1 import invocation_service_pb2 as pb
+from easel.model_manager.v1 import model_pb2
+from services.common.model_taxonomy import ModelType
+from services.common.proto_enums import EnumMap
 from services.invoker.invocations.base import InputKind
+from services.invoker.invocations.model_defaults import DefaultModel, DefaultSource
 from services.invoker.invocations.schema import (
     NO_DEFAULT,
     Constraints,
@@ -19,6 +24,8 @@ INPUT_KINDS = {
     InputKind.CONNECTION: pb.INPUT_KIND_CONNECTION,
     InputKind.DIRECT: pb.INPUT_KIND_DIRECT,
 }
+MODEL_TYPE = EnumMap(ModelType, model_pb2.ModelType)
+DEFAULT_SOURCE = EnumMap(DefaultSource, pb.DefaultModelSource)
 
 
 def invocation_type_to_pb(spec: InvocationSpec) -> pb.InvocationType:
@@ -66,3 +73,14 @@ def constraints_to_pb(constraints: Constraints) -> pb.FieldConstraints:
         if getattr(constraints, name) is not None
     }
     return pb.FieldConstraints(choices=constraints.choices, **limits)
+
+
+def default_model_to_pb(default: DefaultModel) -> pb.DefaultModel:
+    message = pb.DefaultModel(
+        model_type=MODEL_TYPE.to_pb(default.model_type),
+        model_key=default.model_key,
+        source=DEFAULT_SOURCE.to_pb(default.source),
+    )
+    if default.update_time is not None:
+        message.update_time.FromDatetime(default.update_time)
+    return message

@@ -25,6 +25,7 @@ from services.invoker.execution.cache import OutputCache
 from services.invoker.image_servicer import ImageServicer
 from services.invoker.images.library import open_image_library
 from services.invoker.invocation_servicer import InvocationServicer
+from services.invoker.invocations.model_defaults import DefaultModels, SqliteDefaultModelStore
 from services.invoker.invocations.registry import load_registry
 from services.invoker.queue.sqlite_store import SqliteQueueStore
 from services.invoker.queue_servicer import QueueServicer
@@ -39,18 +40,35 @@ DOMAIN = "easel.invoker.v1"
 
 async def build(server: ServiceServer, settings: InvokerSettings) -> None:
     registry = load_registry(settings.custom_nodes_dir)
+    defaults = await asyncio.to_thread(
+        lambda: DefaultModels(
+            SqliteDefaultModelStore(settings.sessions_db), settings.default_models
+        )
+    )
+    models = ModelRecordsClient(settings, defaults)
     server.add_service(
         invocation_service_pb2,
         invocation_service_pb2_grpc,
         "InvocationService",
-        InvocationServicer(registry),
+        InvocationServicer(registry, defaults, models),
     )
-    images = await asyncio.to_thread(open_image_library, settings.root)
+
+    async def check_session(session_id: str) -> None:
+        """Refuses an upload naming an unknown session. The session manager needs the
+        image library, so it is built after it: this reads it at upload time, once the
+        server serves."""
+        sessions.get(session_id)
+
+    images = await asyncio.to_thread(
+        partial(open_image_library, settings.root, check_session=check_session)
+    )
     server.add_service(
         image_service_pb2, image_service_pb2_grpc, "ImageService", ImageServicer(images)
     )
-    inference = InferenceClient(settings)
-    models = ModelRecordsClient(settings, configured=settings.default_models)
+    # Previews only while a watcher asks for them; `sessions` is made below, before any call.
+    inference = InferenceClient(
+        settings, previews_wanted=lambda session_id: sessions.wants_previews(session_id)
+    )
     stubs = ServiceStubs(images, inference, models)
     session_store, queue_store = await asyncio.to_thread(
         lambda: (SqliteSessionStore(settings.sessions_db), SqliteQueueStore(settings.sessions_db))
@@ -79,6 +97,7 @@ async def build(server: ServiceServer, settings: InvokerSettings) -> None:
         await inference.close()
         await models.close()
         images.close()
+        defaults.close()
 
     server.on_shutdown(close)
 

@@ -7,20 +7,16 @@ from datetime import datetime
 from google.protobuf import json_format, timestamp_pb2
 
 from easel.invoker.v1 import queue_service_pb2 as pb
+from services.common.proto_enums import EnumMap
 from services.invoker.queue.batch import BatchField, BatchMode
 from services.invoker.queue.items import QueueItem, QueueItemStatus, RunMode
 from services.invoker.queue.queue import QueueStatus
 
-STATUSES = {
-    QueueItemStatus.PENDING: pb.QUEUE_ITEM_STATUS_PENDING,
-    QueueItemStatus.RUNNING: pb.QUEUE_ITEM_STATUS_RUNNING,
-    QueueItemStatus.COMPLETED: pb.QUEUE_ITEM_STATUS_COMPLETED,
-    QueueItemStatus.FAILED: pb.QUEUE_ITEM_STATUS_FAILED,
-    QueueItemStatus.CANCELLED: pb.QUEUE_ITEM_STATUS_CANCELLED,
-}
-STATUSES_FROM_PB = {value: key for key, value in STATUSES.items()}
-RUN_MODES = {RunMode.ALL: pb.RUN_MODE_ALL, RunMode.NEXT: pb.RUN_MODE_NEXT}
-BATCH_MODES = {pb.BATCH_MODE_ZIP: BatchMode.ZIP, pb.BATCH_MODE_PRODUCT: BatchMode.PRODUCT}
+STATUS = EnumMap(QueueItemStatus, pb.QueueItemStatus)
+RUN_MODE = EnumMap(RunMode, pb.RunMode)
+BATCH_MODE = EnumMap(BatchMode, pb.BatchMode)
+STATUSES_FROM_PB = {STATUS.to_pb(status): status for status in QueueItemStatus}
+BATCH_MODES = {BATCH_MODE.to_pb(mode): mode for mode in BatchMode}
 
 
 def batch_field_from_pb(field: pb.BatchField) -> BatchField:
@@ -40,8 +36,8 @@ def queue_item_to_pb(item: QueueItem) -> pb.QueueItem:
     message = pb.QueueItem(
         id=item.id,
         session_id=item.session_id,
-        status=STATUSES[item.status],
-        run_mode=RUN_MODES[item.run_mode],
+        status=STATUS.to_pb(item.status),
+        run_mode=RUN_MODE.to_pb(item.run_mode),
         create_time=timestamp(item.create_time),
         start_time=timestamp(item.start_time),
         end_time=timestamp(item.end_time),

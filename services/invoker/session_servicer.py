@@ -24,13 +24,17 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
         nodes = [convert.node_spec_from_pb(node) for node in request.graph.nodes]
         edges = [convert.edge_from_pb(edge) for edge in request.graph.edges]
         session = self._sessions.create(nodes, edges)
-        return pb.CreateSessionResponse(session=convert.session_to_pb(session))
+        response = pb.CreateSessionResponse()
+        convert.session_to_pb(session, response.session)
+        return response
 
     async def GetSession(
         self, request: pb.GetSessionRequest, context: aio.ServicerContext
     ) -> pb.GetSessionResponse:
         session = self._sessions.get(request.session_id)
-        return pb.GetSessionResponse(session=convert.session_to_pb(session))
+        response = pb.GetSessionResponse()
+        convert.session_to_pb(session, response.session)
+        return response
 
     async def ListSessions(
         self, request: pb.ListSessionsRequest, context: aio.ServicerContext
@@ -42,10 +46,10 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
             request.page_token,
             {"statuses": sorted(statuses)},
         )
-        return pb.ListSessionsResponse(
-            sessions=[convert.session_to_pb(session) for session in sessions],
-            next_page_token=next_token,
-        )
+        response = pb.ListSessionsResponse(next_page_token=next_token)
+        for session in sessions:
+            convert.session_to_pb(session, response.sessions.add())
+        return response
 
     async def DeleteSession(
         self, request: pb.DeleteSessionRequest, context: aio.ServicerContext
@@ -64,7 +68,7 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
         return pb.AddNodeResponse(
             node=convert.node_to_pb(node),
             edges=[convert.edge_to_pb(edge) for edge in edges],
-            status=convert.STATUSES[status],
+            status=convert.STATUS.to_pb(status),
         )
 
     async def AddEdge(
@@ -89,12 +93,15 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
         self, request: pb.WaitSessionRequest, context: aio.ServicerContext
     ) -> pb.WaitSessionResponse:
         session = await self._sessions.wait(request.session_id)
-        return pb.WaitSessionResponse(session=convert.session_to_pb(session))
+        response = pb.WaitSessionResponse()
+        convert.session_to_pb(session, response.session)
+        return response
 
     async def WatchSessionEvents(
         self, request: pb.WatchSessionEventsRequest, context: aio.ServicerContext
     ) -> AsyncIterator[pb.WatchSessionEventsResponse]:
-        async for delivery in self._sessions.watch(request.session_ids):
+        watch = self._sessions.watch(request.session_ids, request.include_previews)
+        async for delivery in watch:
             event = convert.event_to_pb(
                 delivery.event, delivery.dropped_before, request.include_previews
             )

@@ -26,8 +26,9 @@ class InvokerSettings(CommonSettings):
 
     default_models: dict[ModelType, str] = Field(default_factory=dict)
     """Model key a model input left empty takes, per model type (`{"main": "<key>",
-    "upscaler": "<key>"}`; in the environment as JSON). A type not named here takes its
-    only installed model."""
+    "upscaler": "<key>"}`; in the environment as JSON). A default set through
+    InvocationService.SetDefaultModel wins over it; a type with neither takes its only
+    installed model."""
 
     @field_validator("custom_nodes_dir", "sessions_db")
     @classmethod

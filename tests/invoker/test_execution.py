@@ -88,7 +88,7 @@ def edge(source: str, destination: str) -> Edge:
     return Edge(FieldRef(source_node, source_field), FieldRef(destination_node, destination_field))
 
 
-def context(node_id: str, cancelled: asyncio.Event) -> InvocationContext:
+def context(node_id: str, node: BaseInvocation, cancelled: asyncio.Event) -> InvocationContext:
     """A context for nodes that use none of its services."""
     return InvocationContext(
         session_id="session",
@@ -525,9 +525,11 @@ async def test_a_node_added_during_an_all_run_runs_in_it():
 async def test_each_run_of_a_fan_out_gets_its_run_id_in_its_context():
     seen: list[str] = []
 
-    def recording(node_id: str, cancelled: asyncio.Event) -> InvocationContext:
+    def recording(
+        node_id: str, node: BaseInvocation, cancelled: asyncio.Event
+    ) -> InvocationContext:
         seen.append(node_id)
-        return context(node_id, cancelled)
+        return context(node_id, node, cancelled)
 
     graph = Graph.build(
         REGISTRY,

@@ -1,12 +1,14 @@
 """The generation and latents nodes against a real model manager and inference process
 with the tiny models, shared by the module: results as stored PNGs, the building blocks
 giving the pixels of txt2img, default models, and cancellation reaching the inference
-service. Images are 64x64 with 2 steps."""
+service, and the `<name>` triggers of prompts selecting installed embeddings. Images are
+64x64 with 2 steps."""
 
 from __future__ import annotations
 
 import asyncio
 import io
+import shutil
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -45,6 +47,7 @@ class Suite:
     settings: CommonSettings
     library: ImageLibrary
     sd1: str
+    embedding: str
 
 
 @dataclass
@@ -84,7 +87,20 @@ def suite(tmp_path_factory: pytest.TempPathFactory, model_zoo: ModelZoo) -> Iter
                 format=m.MODEL_FORMAT_CHECKPOINT,
                 upscaler=m.UpscalerSettings(scale=4),
             )
-            yield Suite(client, client_settings(env), library, sd1)
+            embedding = dict(
+                type=m.MODEL_TYPE_TEXTUAL_INVERSION, format=m.MODEL_FORMAT_EMBEDDING_FILE
+            )
+            style = register_model(
+                client, "my-style", model_zoo.sd1_embedding_pt, m.BASE_MODEL_TYPE_SD_1, **embedding
+            )
+            # Triggers that must not select these: another base, and two of one name.
+            register_model(
+                client, "xl-style", model_zoo.sdxl_embedding, m.BASE_MODEL_TYPE_SDXL, **embedding
+            )
+            for copy in ("twin_a.pt", "twin_b.pt"):
+                path = shutil.copy(model_zoo.sd1_embedding_pt, folder / copy)
+                register_model(client, "twin", path, m.BASE_MODEL_TYPE_SD_1, **embedding)
+            yield Suite(client, client_settings(env), library, sd1, style)
     finally:
         library.close()
         inference.stop()
@@ -106,7 +122,7 @@ def context_for(
     session_id: str,
     progress: ProgressSink = lambda step, total, message="", preview=None: None,
 ) -> InvocationContext:
-    images = NodeImages(suite.library, session_id, "node", dict, node.model_dump(mode="json"))
+    images = NodeImages(suite.library, session_id, "node", dict, node)
     return InvocationContext(
         session_id=session_id,
         node_id="node",
@@ -250,3 +266,114 @@ async def test_setting_the_cancelled_event_cancels_the_generation(
     request = pb.GetGenerationRequest(id=running.id)
     ended = suite.client.generation.GetGeneration(request).generation
     assert ended.status == pb.GENERATION_STATUS_CANCELLED
+
+
+STYLED = "a <my-style> cat"
+
+
+def generated(suite: Suite, **operation: Any) -> np.ndarray:
+    """The pixels of a generation run directly in the inference service."""
+    request = pb.CreateGenerationRequest(**operation)
+    created = suite.client.generation.CreateGeneration(request).generation
+    wait = pb.WaitGenerationRequest(id=created.id)
+    done = suite.client.generation.WaitGeneration(wait, timeout=WAIT_S).generation
+    assert done.status == pb.GENERATION_STATUS_COMPLETED, (done.error_type, done.error)
+    return np.asarray(Image.open(io.BytesIO(done.result.image.png)))
+
+
+def direct_txt2img(
+    suite: Suite, prompt: str, negative_prompt: str = "ugly", **fields: Any
+) -> np.ndarray:
+    """txt2img()'s generation with these prompts, asked of the inference service directly."""
+    operation = pb.TextToImage(
+        model_key=suite.sd1,
+        positive_prompt=prompt,
+        negative_prompt=negative_prompt,
+        width=SIZE,
+        height=SIZE,
+        steps=STEPS,
+        cfg_scale=7.5,
+        scheduler="euler",
+        seed=5,
+        **fields,
+    )
+    return generated(suite, text_to_image=operation)
+
+
+async def test_a_trigger_in_a_prompt_selects_the_installed_embedding_of_its_name(
+    suite: Suite, services: Services
+) -> None:
+    async def node_pixels(**fields: Any) -> np.ndarray:
+        return await pixels(suite, await run(suite, services, txt2img(**fields), "ti"))
+
+    taught = [suite.embedding]
+    styled = await node_pixels(prompt=STYLED)
+    assert np.array_equal(styled, direct_txt2img(suite, STYLED, embedding_keys=taught))
+    assert not np.array_equal(styled, direct_txt2img(suite, STYLED))
+
+    in_negative = await node_pixels(negative_prompt="<my-style>")
+    assert np.array_equal(
+        in_negative, direct_txt2img(suite, "a cat", "<my-style>", embedding_keys=taught)
+    )
+    assert not np.array_equal(in_negative, direct_txt2img(suite, "a cat", "<my-style>"))
+
+    # The sdxl embedding does not fit the sd-1 model: its trigger stays plain text.
+    other_base = await node_pixels(prompt="a <xl-style> cat")
+    assert np.array_equal(other_base, direct_txt2img(suite, "a <xl-style> cat"))
+
+
+async def test_img2img_and_the_prompt_node_use_the_embeddings_their_prompts_trigger(
+    suite: Suite, services: Services
+) -> None:
+    start = await run(suite, services, txt2img(), "ti2")
+    png = await suite.library.load_png(start.image.image_name)
+    node = generation.ImageToImageInvocation(
+        image=start.image, prompt=STYLED, negative_prompt="ugly", steps=STEPS, seed=5
+    )
+    redrawn = await pixels(suite, await run(suite, services, node, "ti2"))
+
+    def direct(**fields: Any) -> np.ndarray:
+        operation = pb.ImageToImage(
+            model_key=suite.sd1,
+            init_image_png=png,
+            positive_prompt=STYLED,
+            negative_prompt="ugly",
+            strength=0.75,
+            steps=STEPS,
+            cfg_scale=7.5,
+            scheduler="euler",
+            seed=5,
+            **fields,
+        )
+        return generated(suite, image_to_image=operation)
+
+    assert np.array_equal(redrawn, direct(embedding_keys=[suite.embedding]))
+    assert not np.array_equal(redrawn, direct())
+
+    conditioning = await run(suite, services, latents.PromptInvocation(prompt=STYLED), "ti2")
+    unconditioned = await run(suite, services, latents.PromptInvocation(prompt="ugly"), "ti2")
+    noise = await run(
+        suite, services, latents.NoiseInvocation(seed=5, width=SIZE, height=SIZE), "ti2"
+    )
+    denoise = latents.DenoiseLatentsInvocation(
+        positive_conditioning=conditioning.conditioning,
+        negative_conditioning=unconditioned.conditioning,
+        noise=noise.noise,
+        steps=STEPS,
+    )
+    denoised = await run(suite, services, denoise, "ti2")
+    decode = latents.LatentsToImageInvocation(latents=denoised.latents)
+    decoded = await pixels(suite, await run(suite, services, decode, "ti2"))
+    assert np.array_equal(decoded, direct_txt2img(suite, STYLED, embedding_keys=[suite.embedding]))
+
+
+async def test_a_trigger_naming_two_embeddings_of_one_base_is_refused(
+    suite: Suite, services: Services
+) -> None:
+    for node in (txt2img(prompt="a <twin> cat"), latents.PromptInvocation(prompt="<twin>")):
+        with pytest.raises(errors.FailedPreconditionError) as caught:
+            await run(suite, services, node, "twins")
+        assert caught.value.reason == "MODEL_AMBIGUOUS"
+        assert caught.value.metadata["trigger"] == "<twin>"
+        assert len(caught.value.metadata["keys"].split(",")) == 2
+    assert generations(suite, "twins") == []

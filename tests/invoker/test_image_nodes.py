@@ -31,7 +31,7 @@ def library(tmp_path: Path) -> Iterator[ImageLibrary]:
 
 
 def context_for(library: ImageLibrary, node: BaseInvocation) -> InvocationContext:
-    images = NodeImages(library, "session", "node", lambda: GRAPH, node.model_dump(mode="json"))
+    images = NodeImages(library, "session", "node", lambda: GRAPH, node)
     return InvocationContext(
         session_id="session",
         node_id="node",
@@ -176,7 +176,12 @@ async def test_ops_store_intermediates_and_save_and_show_store_for_the_user(libr
 
     provenance = read_provenance(await library.load_png(saved_ref.image_name))
     assert provenance.graph == GRAPH
-    assert provenance.node == {"image": {"image_name": resized.image_name}}
+    assert provenance.node == {
+        "id": "node",
+        "run_id": "node",
+        "type": "save_image",
+        "inputs": {"image": {"image_name": resized.image_name}},
+    }
     assert not image_ops.SaveImageInvocation.cacheable
     assert not image_ops.ShowImageInvocation.cacheable
     assert image_ops.ResizeImageInvocation.cacheable

@@ -117,7 +117,7 @@ async def test_content_streams_in_chunks_of_at_most_one_mib(setup: Setup):
 
 async def test_generated_png_carries_graph_and_node_inputs(setup: Setup):
     record = await setup.library.save_generated(
-        png(64, 64), session_id="s1", node_id="save", graph=GRAPH, node_inputs=NODE
+        png(64, 64), session_id="s1", node_id="save", graph=GRAPH, node=NODE
     )
     assert record.origin == ImageOrigin.GENERATED
     stored = await setup.library.load_png(record.name)
@@ -144,7 +144,7 @@ async def test_list_is_newest_first_with_filters_and_pages(setup: Setup):
         new = NewImage(session_id="a" if index % 2 else "b", is_intermediate=index == 4)
         made.append((await setup.library.upload(new, stream(png()))).name)
     generated = await setup.library.save_generated(
-        png(), session_id="a", node_id="n", graph={}, node_inputs={}
+        png(), session_id="a", node_id="n", graph={}, node={}
     )
     library = setup.library
 

@@ -15,14 +15,17 @@ from google.protobuf import field_mask_pb2
 from grpc import aio
 from PIL import Image
 
+from clients.sdk import EaselClient
 from easel.invoker.v1 import image_service_pb2 as pb
-from easel.invoker.v1 import image_service_pb2_grpc
+from easel.invoker.v1 import image_service_pb2_grpc, session_service_pb2
 from services.common import errors
 from services.common.error_status import from_rpc_error
 from services.common.server_interceptor import ServerCallInterceptor
 from services.invoker.image_servicer import ImageServicer
 from services.invoker.images.library import open_image_library
 from services.invoker.images.png_metadata import Provenance, encode_png, read_provenance
+from tests.conftest import SUITE_TOKEN
+from tests.processes import client_settings, start_service, suite_env, wait_serving
 
 MIB = 1024 * 1024
 
@@ -132,7 +135,7 @@ async def test_list_pages_newest_first_with_filters(suite: Suite):
         for i in range(3)
     ]
     generated = await suite.library.save_generated(
-        png(), session_id="s", node_id="save", graph={"nodes": {}}, node_inputs={"a": 1}
+        png(), session_id="s", node_id="save", graph={"nodes": {}}, node={"a": 1}
     )
     first = await stub.ListImages(pb.ListImagesRequest(page_size=3))
     assert [i.name for i in first.images] == [generated.name, names[2], names[1]]
@@ -264,3 +267,28 @@ async def test_errors_of_the_other_rpcs(suite: Suite):
     assert (code, error.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "IMAGE_FILE_MISSING")
     await stub.DeleteImage(pb.DeleteImageRequest(name=name))  # a missing file is no error
     assert await suite.names() == []
+
+
+def test_the_invoker_refuses_an_upload_naming_an_unknown_session(tmp_path: Path):
+    root = tmp_path / "root"
+    root.mkdir()
+    env = suite_env(root, EASEL_AUTH_TOKEN=SUITE_TOKEN)
+    service = start_service("invoker", env, tmp_path)
+    stored_files = root / "outputs" / "images"
+    try:
+        wait_serving(service)
+        with EaselClient(client_settings(env)) as easel:
+            unknown = "6f1c2b3a-4d5e-4f60-8a7b-9c0d1e2f3a4b"
+            with pytest.raises(errors.NotFoundError) as caught:
+                easel.images.UploadImage(upload(png(), session_id=unknown))
+            assert caught.value.reason == "SESSION_NOT_FOUND"
+            assert not easel.images.ListImages(pb.ListImagesRequest()).images
+            assert not [p for p in stored_files.rglob("*") if p.is_file()]
+
+            request = session_service_pb2.CreateSessionRequest()
+            session = easel.sessions.CreateSession(request).session
+            stored = easel.images.UploadImage(upload(png(), session_id=session.id)).image
+            assert stored.session_id == session.id
+            assert (stored_files / stored.name).is_file()
+    finally:
+        service.stop()

@@ -274,6 +274,9 @@ def test_a_broken_custom_file_is_skipped_and_the_rest_loads(tmp_path):
         CUSTOM_NODE.replace("shout", "whisper").replace("text: str", "text: complex")
     )
     (tmp_path / "d_good.py").write_text(CUSTOM_NODE)
+    (tmp_path / "e_bad_default.py").write_text(
+        CUSTOM_NODE.replace("shout", "mumble").replace('InputField(""', "InputField(object()")
+    )
 
     with capture_logs() as logs:
         registry = load_registry(tmp_path)
@@ -286,12 +289,14 @@ def test_a_broken_custom_file_is_skipped_and_the_rest_loads(tmp_path):
         for line in logs
         if line["event"] == "custom node file skipped" and line["log_level"] == "error"
     }
-    assert sorted(skipped) == ["a_broken.py", "b_syntax.py", "c_bad_schema.py"]
+    assert sorted(skipped) == ["a_broken.py", "b_syntax.py", "c_bad_schema.py", "e_bad_default.py"]
     assert "No module named 'no_such_module_anywhere'" in skipped["a_broken.py"]
     assert "SyntaxError" in skipped["b_syntax.py"]
     assert "no field type" in skipped["c_bad_schema.py"]
     assert "easel_custom_nodes.a_broken" not in sys.modules
     assert "easel_custom_nodes.c_bad_schema" not in sys.modules
+    assert "mumble" not in registry
+    assert "PydanticSerializationError" in skipped["e_bad_default.py"]
 
 
 def test_a_custom_type_whose_name_is_taken_is_refused(tmp_path):

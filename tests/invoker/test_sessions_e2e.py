@@ -1,17 +1,20 @@
 """A session graph through the real invoker, inference and model manager processes with
 the tiny models (64x64, 2 steps): txt2img → img2img → upscale → save_image over gRPC, the
 saved PNG in ImageService saying how it was made, the session's events in order with the
-inference service's progress, previews and model loads relayed; and a session cancelled
-mid-denoise ending CANCELLED with its generation cancelled too."""
+inference service's progress, previews and model loads relayed; the `easel_node` chunk
+holding inputs that came over edges, per run of a fan-out; a graph of the latents building
+blocks giving the pixels of a txt2img session; and a session cancelled mid-denoise ending
+CANCELLED with its generation cancelled too."""
 
 from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pytest
 from google.protobuf import json_format
 from PIL import Image
@@ -137,6 +140,25 @@ def png_bytes(client: EaselClient, name: str) -> bytes:
     return b"".join(part.chunk for part in client.images.GetImageContent(request))
 
 
+def chunks(client: EaselClient, name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The `easel_graph` and `easel_node` chunks of a stored image, as Pillow reads them."""
+    texts = Image.open(io.BytesIO(png_bytes(client, name))).text
+    return json.loads(texts["easel_graph"]), json.loads(texts["easel_node"])
+
+
+def run_to_end(client: EaselClient, session_id: str) -> pb.Session:
+    """Invokes every node of the session and returns it once it has COMPLETED."""
+    client.sessions.InvokeSession(pb.InvokeSessionRequest(session_id=session_id, all=True))
+    request = pb.WaitSessionRequest(session_id=session_id)
+    done = client.sessions.WaitSession(request, timeout=WAIT_S).session
+    assert done.status == graph_pb2.SESSION_STATUS_COMPLETED, done.state.errors
+    return done
+
+
+def image_of(session: pb.Session, run_id: str) -> str:
+    return json_format.MessageToDict(session.state.results[run_id])["image"]["image_name"]
+
+
 def test_a_generation_graph_runs_and_its_events_arrive_in_order(suite):
     client = suite.client
     session = create(
@@ -205,13 +227,136 @@ def test_a_generation_graph_runs_and_its_events_arrive_in_order(suite):
     assert not record.is_intermediate
     png = Image.open(io.BytesIO(png_bytes(client, name)))
     assert png.size == (SIZE * 4, SIZE * 4)
-    graph = json.loads(png.text["easel_graph"])
+    graph, saver = chunks(client, name)
     assert [n["id"] for n in graph["nodes"]] == ["t2i", "i2i", "up", "save"]
-    assert json.loads(png.text["easel_node"]) == {}  # save_image's direct inputs: none
-    first = json_format.MessageToDict(done.state.results["t2i"])["image"]["image_name"]
-    made = Image.open(io.BytesIO(png_bytes(client, first)))
-    assert json.loads(made.text["easel_node"]) == denoising(width=SIZE, height=SIZE)
-    assert json.loads(made.text["easel_graph"]) == graph
+    upscaled = image_of(done, "up")
+    assert saver == {
+        "id": "save",
+        "run_id": "save",
+        "type": "save_image",
+        "inputs": {"image": {"image_name": upscaled}},  # over an edge
+    }
+    made_graph, maker = chunks(client, image_of(done, "t2i"))
+    assert made_graph == graph
+    assert maker == {
+        "id": "t2i",
+        "run_id": "t2i",
+        "type": "txt2img",
+        "inputs": {
+            "prompt": "a cat",
+            "negative_prompt": "",
+            "model": {"key": suite.sd1},  # left empty: the default it took
+            "steps": STEPS,
+            "cfg_scale": 7.5,
+            "scheduler": "euler",
+            "seed": 5,
+            "loras": [],
+            "width": SIZE,
+            "height": SIZE,
+        },
+    }
+    _, upscaler = chunks(client, upscaled)
+    assert upscaler["inputs"] == {
+        "image": {"image_name": image_of(done, "i2i")},
+        "model": {"key": suite.x4},
+        "scale": None,
+    }
+
+
+def upload_png(client: EaselClient, image: Image.Image) -> str:
+    data = io.BytesIO()
+    image.save(data, format="PNG")
+
+    def requests() -> Iterable[image_pb.UploadImageRequest]:
+        yield image_pb.UploadImageRequest(metadata=image_pb.UploadImageMetadata())
+        yield image_pb.UploadImageRequest(chunk=data.getvalue())
+
+    return client.images.UploadImage(requests()).image.name
+
+
+def test_each_saved_png_names_its_run_and_the_inputs_that_came_over_edges(suite):
+    client = suite.client
+    source = upload_png(client, Image.new("RGB", (8, 4), (200, 10, 10)))
+    session = create(
+        client,
+        [
+            node("widths", "iterate", collection=[4, 6]),
+            node("resize", "resize", image={"image_name": source}, height=2),
+            node("save", "save_image"),
+        ],
+        [edge("widths.item", "resize.width"), edge("resize.image", "save.image")],
+    )
+    done = run_to_end(client, session.id)
+
+    for index, width in enumerate([4, 6]):
+        resized = image_of(done, f"resize#{index}")
+        graph, resizer = chunks(client, resized)
+        assert resizer == {
+            "id": "resize",
+            "run_id": f"resize#{index}",
+            "type": "resize",
+            "inputs": {
+                "image": {"image_name": source},  # direct
+                "width": width,  # over an edge, per item
+                "height": 2,  # direct
+                "resample": "bicubic",  # the default
+            },
+        }
+        saved_graph, saver = chunks(client, image_of(done, f"save#{index}"))
+        assert saver == {
+            "id": "save",
+            "run_id": f"save#{index}",
+            "type": "save_image",
+            "inputs": {"image": {"image_name": resized}},
+        }
+        assert saved_graph == graph
+        assert [n["id"] for n in graph["nodes"]] == ["widths", "resize", "save"]
+
+
+@pytest.mark.parametrize("scheduler", ["euler", "euler_a"])
+def test_the_building_block_graph_gives_the_pixels_of_a_txt2img_session(suite, scheduler):
+    client = suite.client
+    model = {"key": suite.sd1}
+    settings = dict(model=model, steps=STEPS, cfg_scale=5.5, scheduler=scheduler)
+    whole = create(
+        client,
+        [
+            node(
+                "t2i",
+                "txt2img",
+                prompt="a cat",
+                negative_prompt="ugly",
+                width=SIZE,
+                height=SIZE,
+                seed=7,
+                **settings,
+            )
+        ],
+    )
+    blocks = create(
+        client,
+        [
+            node("positive", "prompt", prompt="a cat", model=model),
+            node("negative", "prompt", prompt="ugly", model=model),
+            node("noise", "noise", seed=7, width=SIZE, height=SIZE),
+            node("denoise", "denoise_latents", **settings),
+            node("decode", "l2i", model=model),
+        ],
+        [
+            edge("positive.conditioning", "denoise.positive_conditioning"),
+            edge("negative.conditioning", "denoise.negative_conditioning"),
+            edge("noise.noise", "denoise.noise"),
+            edge("denoise.latents", "decode.latents"),
+        ],
+    )
+
+    def pixels(session: pb.Session, run_id: str) -> np.ndarray:
+        done = run_to_end(client, session.id)
+        return np.asarray(Image.open(io.BytesIO(png_bytes(client, image_of(done, run_id)))))
+
+    expected = pixels(whole, "t2i")
+    assert expected.shape == (SIZE, SIZE, 3)
+    assert np.array_equal(pixels(blocks, "decode"), expected)
 
 
 def test_a_session_cancelled_mid_denoise_ends_cancelled_with_its_generation(suite):

@@ -1,15 +1,21 @@
 """The session manager over its SQLite stores: a session reloaded after a restart has the
 same graph, results, history and status, and goes on from where it stopped without running
-a node again (fan-out runs and failures included)."""
+a node again (fan-out runs and failures included); the stores' writes never contend; and
+previews are asked for only while a watch wants them."""
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from services.invoker.execution.state import NodeFailure
 from services.invoker.queue.sqlite_store import SqliteQueueStore
 from services.invoker.sessions.manager import SessionManager, SessionStatus
-from services.invoker.sessions.store import SqliteSessionStore
+from services.invoker.sessions.store import SessionChange, SqliteSessionStore
 from tests.invoker.test_execution import REGISTRY, context, edge, node
 
 
@@ -18,7 +24,7 @@ async def open_manager(path: Path) -> SessionManager:
         REGISTRY,
         SqliteSessionStore(path),
         SqliteQueueStore(path),
-        lambda session_id, graph, inputs, progress: context,
+        lambda session_id, graph, progress: context,
         cache=None,
         failure_code=lambda failure: 2,
     )
@@ -91,7 +97,7 @@ async def save_cost_of_add_node(path: Path, size: int) -> tuple[int, int]:
         REGISTRY,
         store,
         SqliteQueueStore(path),
-        lambda session_id, graph, inputs, progress: context,
+        lambda session_id, graph, progress: context,
         cache=None,
         failure_code=lambda failure: 2,
     )
@@ -137,3 +143,109 @@ async def test_nodes_and_edges_added_one_by_one_are_reloaded(tmp_path):
     assert done.execution.state.results["times"].outputs == {"value": 22}
     assert done.status is SessionStatus.COMPLETED
     await reopened.close()
+
+
+async def test_a_session_saved_running_whose_item_ended_is_settled_at_start(tmp_path):
+    """The invoker stopped after writing the item's end and before the session's status:
+    the session must not stay RUNNING (it could then never be run or cancelled again)."""
+    path = tmp_path / "sessions.db"
+    manager = await open_manager(path)
+    session = manager.create([node("one", "integer", value=1)], [])
+    item = await manager.invoke(session.id, run_all=True, priority=0)
+    await manager.wait(session.id)
+    await manager.close()
+    store = SqliteSessionStore(path)
+    store.update(SessionChange(session.id, "RUNNING", item.id, datetime.now(UTC)))
+    store.close()
+
+    reopened = await open_manager(path)
+    assert reopened.get(session.id).status is SessionStatus.COMPLETED
+    reopened.add_node(session.id, node("two", "integer", value=2), [])
+    await reopened.invoke(session.id, run_all=True, priority=0)
+    done = await reopened.wait(session.id)
+    assert done.execution.state.results["two"].outputs == {"value": 2}
+    await reopened.close()
+
+
+class Overlaps:
+    """Counts calls of the session and queue stores that ran while another was running."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running = 0
+        self.overlapping = 0
+        self.calls = 0
+
+    def around(self, call: Callable[..., Any]) -> Callable[..., Any]:
+        def measured(*args: Any) -> Any:
+            with self._lock:
+                self._running += 1
+                self.calls += 1
+                if self._running > 1:
+                    self.overlapping += 1
+            try:
+                time.sleep(0.005)  # a slow disk: a write takes a while
+                return call(*args)
+            finally:
+                with self._lock:
+                    self._running -= 1
+
+        return measured
+
+
+async def test_session_and_queue_writes_to_the_one_file_never_overlap(tmp_path):
+    """Two connections writing one SQLite file at once make the second wait in SQLite's
+    busy handler, which sleeps 1, 2, 5… ms: a queue item would start milliseconds late
+    behind a session's save. The writes of both stores go one after another instead."""
+    path = tmp_path / "sessions.db"
+    overlaps = Overlaps()
+    sessions, queue = SqliteSessionStore(path), SqliteQueueStore(path)
+    for store, names in ((sessions, ("create", "update")), (queue, ("add", "claim_next"))):
+        for name in names:
+            setattr(store, name, overlaps.around(getattr(store, name)))
+    manager = SessionManager(
+        REGISTRY,
+        sessions,
+        queue,
+        lambda session_id, graph, progress: context,
+        cache=None,
+        failure_code=lambda failure: 2,
+    )
+    await manager.start()
+    for _ in range(5):
+        session = manager.create([node(f"n{i}", "add", a=i, b=1) for i in range(20)], [])
+        await manager.invoke(session.id, run_all=True, priority=0)
+        await manager.wait(session.id)
+    await manager.close()
+    assert overlaps.calls > 10
+    assert overlaps.overlapping == 0
+
+
+async def test_generations_make_previews_only_while_a_watch_asks_for_them(tmp_path):
+    manager = await open_manager(tmp_path / "sessions.db")
+    session = manager.create([node("one", "integer", value=1)], [])
+    other = manager.create([node("one", "integer", value=1)], [])
+    assert not manager.wants_previews(session.id)
+
+    plain = manager.watch([session.id])
+    await anext(plain)
+    assert not manager.wants_previews(session.id)
+    named = manager.watch([session.id], previews=True)
+    await anext(named)
+    assert manager.wants_previews(session.id)
+    assert not manager.wants_previews(other.id)
+    await named.aclose()
+    assert not manager.wants_previews(session.id)
+
+    await manager.queue.pause()
+    await manager.invoke(other.id, run_all=True, priority=0)
+    every = manager.watch([], previews=True)
+    await anext(every)  # the snapshot of the QUEUED session
+    assert manager.wants_previews(session.id)
+    assert manager.wants_previews(other.id)
+    await every.aclose()
+    await plain.aclose()
+    assert not manager.wants_previews(other.id)
+    await manager.queue.resume()
+    await manager.wait(other.id)
+    await manager.close()

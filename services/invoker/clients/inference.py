@@ -5,6 +5,11 @@ values (PNG bytes or a tensor name). Cancelling the awaiting task, or setting th
 `cancelled` event, cancels the generation in the inference service too, so a cancelled
 node never leaves the GPU busy. Progress events of the generation (with their previews)
 reach `on_progress`, and its model loads `on_model_load`.
+
+A preview costs the inference service a copy of the latents off the device, a colour
+mapping and a PNG per step, and the event its bytes, so one is asked for only when the
+origin takes previews and someone wants them (`previews_wanted`, asked when the
+generation is created).
 """
 
 from __future__ import annotations
@@ -60,6 +65,8 @@ class ModelLoad:
 
 ProgressCallback = Callable[[int, int, Preview | None], None]
 """Called with (step, total_steps, preview or None) as a generation advances."""
+PreviewsWanted = Callable[[str], bool]
+"""Whether anyone wants the previews of a session's generations now, by session id."""
 ModelLoadCallback = Callable[[ModelLoad], None]
 
 _STATUS_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
@@ -110,7 +117,10 @@ class Sampling:
 class InferenceClient:
     """Runs generations in the inference service; build it inside the event loop."""
 
-    def __init__(self, settings: CommonSettings) -> None:
+    def __init__(
+        self, settings: CommonSettings, previews_wanted: PreviewsWanted = lambda _session: True
+    ) -> None:
+        self._previews_wanted = previews_wanted
         self._channel = open_channel(settings.inference_address, settings)
         self._stub = generation_service_pb2_grpc.GenerationServiceStub(self._channel)
 
@@ -129,7 +139,10 @@ class InferenceClient:
         loras: Sequence[Lora] = (),
         vae_key: str = "",
         origin: Origin = Origin(),
+        embedding_keys: Sequence[str] = (),
     ) -> GeneratedImage:
+        """`embedding_keys`: the textual-inversion models whose `<name>` triggers the
+        prompts may use."""
         operation = pb.TextToImage(
             model_key=model_key,
             positive_prompt=positive_prompt,
@@ -142,6 +155,7 @@ class InferenceClient:
             seed=seed,
             vae_key=vae_key,
             loras=_loras(loras),
+            embedding_keys=embedding_keys,
         )
         return _image(await self._run(origin, text_to_image=operation))
 
@@ -157,6 +171,7 @@ class InferenceClient:
         loras: Sequence[Lora] = (),
         vae_key: str = "",
         origin: Origin = Origin(),
+        embedding_keys: Sequence[str] = (),
     ) -> GeneratedImage:
         operation = pb.ImageToImage(
             model_key=model_key,
@@ -170,6 +185,7 @@ class InferenceClient:
             seed=seed,
             vae_key=vae_key,
             loras=_loras(loras),
+            embedding_keys=embedding_keys,
         )
         return _image(await self._run(origin, image_to_image=operation))
 
@@ -180,10 +196,17 @@ class InferenceClient:
         return _image(await self._run(origin, upscale=operation))
 
     async def encode_prompt(
-        self, model_key: str, prompt: str, loras: Sequence[Lora] = (), origin: Origin = Origin()
+        self,
+        model_key: str,
+        prompt: str,
+        loras: Sequence[Lora] = (),
+        origin: Origin = Origin(),
+        embedding_keys: Sequence[str] = (),
     ) -> str:
         """The name of the prompt's conditioning tensor."""
-        operation = pb.EncodePrompt(model_key=model_key, prompt=prompt, loras=_loras(loras))
+        operation = pb.EncodePrompt(
+            model_key=model_key, prompt=prompt, loras=_loras(loras), embedding_keys=embedding_keys
+        )
         return _tensor(await self._run(origin, encode_prompt=operation))
 
     async def create_noise(
@@ -237,7 +260,8 @@ class InferenceClient:
 
     async def _run(self, origin: Origin, **operation: object) -> pb.Generation:
         """Create the generation, wait for its end and return it once COMPLETED."""
-        preview = pb.PREVIEW_MODE_EVERY_STEP if origin.previews else pb.PREVIEW_MODE_NONE
+        previews = origin.previews and self._previews_wanted(origin.session_id)
+        preview = pb.PREVIEW_MODE_EVERY_STEP if previews else pb.PREVIEW_MODE_NONE
         request = pb.CreateGenerationRequest(
             session_id=origin.session_id,
             invocation_id=origin.invocation_id,

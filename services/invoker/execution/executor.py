@@ -43,11 +43,13 @@ from services.invoker.execution.state import (
 )
 from services.invoker.graphs.graph import Edge, Graph, GraphNode
 from services.invoker.graphs.readiness import is_ready, newly_ready, ready_nodes, topological_order
+from services.invoker.invocations.base import BaseInvocation
 from services.invoker.invocations.context import InvocationContext
 from services.invoker.invocations.iteration import CollectInvocation, IterateInvocation
 
-ContextFactory = Callable[[str, asyncio.Event], InvocationContext]
-"""Makes the context of one node run from its run id and the run's cancellation event."""
+ContextFactory = Callable[[str, BaseInvocation, asyncio.Event], InvocationContext]
+"""Makes the context of one node run from its run id, the node with the values it runs
+with (direct, from edges and defaults) and the run's cancellation event."""
 
 Index = tuple[int, ...]
 
@@ -133,6 +135,8 @@ class GraphExecution:
     def pending_ids(self) -> list[str]:
         """Run ids of every run not executed, not running and not failed, in topological
         order; a node not expanded into its runs yet is listed by its node id."""
+        if not self._ready and len(self._expanded) == len(self.graph.nodes):
+            return []  # every node expanded and none queued: no need to order the graph
         queued: dict[str, list[Index]] = {}
         for _, index, node_id in sorted(self._ready):
             queued.setdefault(node_id, []).append(index)
@@ -316,7 +320,7 @@ class GraphExecution:
             cached = self._cache.get(key)
             if cached is not None:
                 return cached, True
-        output = await invocation.invoke(self._context(this_run, cancelled))
+        output = await invocation.invoke(self._context(this_run, invocation, cancelled))
         if key is not None and self._cache is not None:
             self._cache.put(key, output)
         return output, False

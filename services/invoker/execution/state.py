@@ -22,6 +22,8 @@ NODE_FAILED = "NODE_FAILED"
 
 def run_id(node_id: str, index: tuple[int, ...]) -> str:
     """The id of one run of a node: the node id, then `#<index>` per enclosing iterate."""
+    if not index:
+        return node_id
     return node_id + "".join(f"#{position}" for position in index)
 
 

@@ -32,6 +32,8 @@ from services.invoker.invocations.schema import FieldSpec
 NODE_ID = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.-]{0,127}")
 """A node id: 1-128 ASCII letters, digits, '_', '-', '.', not starting with '-'."""
 HISTORY_LINK = re.compile(r"-([0-9]+)")
+RUN_SEPARATOR = "#"
+"""Joins a node id and a run's index in a fan-out ("<node id>#<index>"); no node id has it."""
 ALL_FIELDS = "*"
 
 
@@ -62,7 +64,9 @@ class Edge:
 
 @dataclass(frozen=True)
 class GraphNode:
-    """A node in a graph: its registered type and its validated direct input values."""
+    """A node in a graph: its registered type and its validated direct input values, in
+    their normalised JSON form (an image as `{"image_name": ...}`, an integer given as 3.0
+    as 3), so they go into protos, the session store and PNG chunks as they are."""
 
     id: str
     type: NodeType
@@ -149,11 +153,12 @@ class Graph:
         """Adds a node and the links into it (AddNode), all or nothing; returns the node
         and the edges added.
 
-        An empty id gets a UUID4. A link source "-N" is `history[-N]` (history: the ids of
-        executed nodes, oldest first); a source field "*" links every output of the source
-        to the new node's input of the same name and a compatible type, skipping inputs
-        set directly or by another link and inputs that take only direct values. Named
-        links are resolved first, so they win over "*" links whatever their order.
+        An empty id gets a UUID4. A link source "-N" is the node of `history[-N]`
+        (history: the run ids of executed runs, oldest first); a source field "*" links
+        every output of the source to the new node's input of the same name and a
+        compatible type, skipping inputs set directly or by another link and inputs that
+        take only direct values. Named links are resolved first, so they win over "*"
+        links whatever their order.
         """
         node_id = spec.id or str(uuid.uuid4())
         node = self._make_node(NodeSpec(node_id, spec.type, spec.inputs), "node")
@@ -284,8 +289,9 @@ class Graph:
                     spec.id,
                     name,
                 )
+            adapter = _adapter(node_type.cls, name)
             try:
-                values[name] = _adapter(node_type.cls, name).validate_python(value)
+                values[name] = adapter.dump_python(adapter.validate_python(value), mode="json")
             except ValidationError as exc:
                 problem = "; ".join(error["msg"] for error in exc.errors())
                 raise _invalid(
@@ -298,7 +304,8 @@ class Graph:
         return GraphNode(spec.id, node_type, MappingProxyType(values))
 
     def _resolve_source(self, node_id: str, history: Sequence[str], where: str) -> str:
-        """A link's source node id, a history link "-N" replaced by `history[-N]`."""
+        """A link's source node id, a history link "-N" replaced by the node of
+        `history[-N]` (a run inside a fan-out, "<node id>#<index>", names its node)."""
         match = HISTORY_LINK.fullmatch(node_id)
         if match is not None:
             back = int(match.group(1))
@@ -309,7 +316,7 @@ class Graph:
                     f"{where}.source.node_id",
                     node_id,
                 )
-            node_id = history[-back]
+            node_id = history[-back].split(RUN_SEPARATOR, 1)[0]
         if node_id not in self._nodes:
             raise _invalid(
                 "UNKNOWN_NODE", f"no node {node_id!r}", f"{where}.source.node_id", node_id
@@ -421,7 +428,9 @@ class Graph:
                 )
 
     def _check_acyclic(self, edges: Sequence[Edge]) -> None:
-        """Kahn's walk over the whole graph; names an edge between two nodes left over."""
+        """Kahn's walk over the whole graph. The nodes it leaves over are on a cycle or
+        downstream of one, so the first of their edges whose destination leads back to
+        its source is named: an edge on the cycle itself."""
         waiting = {node_id: len(self._incoming_sources(node_id)) for node_id in self._nodes}
         ready = [node_id for node_id, count in waiting.items() if count == 0]
         while ready:
@@ -430,7 +439,8 @@ class Graph:
                 if waiting[successor] == 0:
                     ready.append(successor)
         for index, edge in enumerate(edges):
-            if waiting[edge.source.node_id] and waiting[edge.destination.node_id]:
+            source, destination = edge.source.node_id, edge.destination.node_id
+            if waiting[source] and waiting[destination] and self._reaches(destination, source):
                 raise _invalid(
                     "GRAPH_CYCLE",
                     f"the edges form a cycle through {edge.destination.node_id!r}",

@@ -1,10 +1,10 @@
 """Which nodes may run, as pure functions of a graph and the ids of the nodes that have
 executed: a node is ready when it has not run and every node feeding one of its inputs
-has executed successfully; a node downstream of a failed node never becomes ready."""
+has executed successfully, so a node downstream of a failed node never becomes ready."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Set
+from collections.abc import Set
 from heapq import heappop, heappush
 
 from services.invoker.graphs.graph import Graph
@@ -20,14 +20,10 @@ def is_ready(graph: Graph, node_id: str, completed: Set[str]) -> bool:
     return node_id not in completed and sources(graph, node_id) <= completed
 
 
-def ready_nodes(graph: Graph, completed: Set[str], excluded: Set[str] = frozenset()) -> list[str]:
-    """Every ready node not in `excluded` (running or failed), in the order nodes were
-    added, which is the topological order's tie-break."""
-    return [
-        node_id
-        for node_id in graph.nodes
-        if node_id not in excluded and is_ready(graph, node_id, completed)
-    ]
+def ready_nodes(graph: Graph, completed: Set[str]) -> list[str]:
+    """Every ready node, in the order nodes were added, which is the topological order's
+    tie-break."""
+    return [node_id for node_id in graph.nodes if is_ready(graph, node_id, completed)]
 
 
 def newly_ready(graph: Graph, node_id: str, completed: Set[str]) -> list[str]:
@@ -36,18 +32,6 @@ def newly_ready(graph: Graph, node_id: str, completed: Set[str]) -> list[str]:
     successors = {edge.destination.node_id for edge in graph.outgoing(node_id)}
     ready = [other for other in successors if is_ready(graph, other, completed)]
     return sorted(ready, key=graph.position)
-
-
-def blocked(graph: Graph, failed: Iterable[str]) -> set[str]:
-    """The nodes downstream of a failed node: they can never run."""
-    found: set[str] = set()
-    stack = list(failed)
-    while stack:
-        for edge in graph.outgoing(stack.pop()):
-            if edge.destination.node_id not in found:
-                found.add(edge.destination.node_id)
-                stack.append(edge.destination.node_id)
-    return found
 
 
 def topological_order(graph: Graph) -> list[str]:

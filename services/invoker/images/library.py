@@ -140,15 +140,16 @@ class ImageLibrary:
         session_id: str,
         node_id: str,
         graph: dict[str, Any],
-        node_inputs: dict[str, Any],
+        node: dict[str, Any],
         is_intermediate: bool = False,
         metadata: dict[str, Any] | None = None,
     ) -> ImageRecord:
         """Store the PNG a node made, with origin GENERATED; the stored file carries `graph`
-        (the session's) and `node_inputs` in its `easel_graph` and `easel_node` chunks.
-        Bytes that are not a PNG are InvalidArgumentError (INVALID_IMAGE) naming "png"."""
+        (the session's) and `node` (the saving node's id, type and inputs) in its
+        `easel_graph` and `easel_node` chunks. Bytes that are not a PNG are
+        InvalidArgumentError (INVALID_IMAGE) naming "png"."""
         new = NewImage(is_intermediate, session_id, node_id, metadata or {})
-        provenance = Provenance(graph, node_inputs)
+        provenance = Provenance(graph, node)
         return await asyncio.to_thread(self._store_generated, new, png, provenance)
 
     async def get(self, name: str) -> ImageRecord:

@@ -2,8 +2,8 @@
 
 Every PNG a node saves carries two iTXt chunks (UTF-8, uncompressed, so any PNG reader or
 `exiftool` shows them): `easel_graph`, the session's graph as JSON, and `easel_node`, the
-inputs of the node that saved it as JSON. With both, a picture alone is enough to make it
-again.
+node that saved it as JSON: its id, run id, type and every input value it ran with (the
+format is image_service.proto's). With both, a picture alone is enough to make it again.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ TEXT_CHUNK_TYPES = (b"tEXt", b"zTXt", b"iTXt")
 
 @dataclass(frozen=True)
 class Provenance:
-    """How an image was made: the session's graph and the saving node's inputs (None when a
-    PNG does not say)."""
+    """How an image was made: the session's graph and the saving node with its inputs (None
+    when a PNG does not say)."""
 
     graph: dict[str, Any] | None
     node: dict[str, Any] | None

@@ -1,5 +1,7 @@
 """Whole generations in one node: txt2img, img2img and upscale, run by the inference
-service. A model input left empty takes the default model of its type."""
+service. A model input left empty takes the default model of its type, and an empty seed
+a random one; either is filled in on the node as it runs, so the `easel_node` chunk of the
+image it saves records the model and seed that made it."""
 
 from __future__ import annotations
 
@@ -12,7 +14,12 @@ from services.invoker.invocations.context import InvocationContext
 from services.invoker.invocations.fields import ImageRef, ModelRef
 from services.invoker.invocations.image_ops import ImageWithSizeOutput, store_image_png
 from services.invoker.invocations.latents import MAX_SIDE, SEED_MAX, new_seed
-from services.invoker.invocations.models import LoraRef, to_loras
+from services.invoker.invocations.models import (
+    PROMPT_DESCRIPTION,
+    LoraRef,
+    embedding_keys,
+    to_loras,
+)
 
 
 class _Denoising(BaseInvocation):
@@ -20,8 +27,12 @@ class _Denoising(BaseInvocation):
 
     cacheable: ClassVar[bool] = False  # an empty seed is random
     category: ClassVar[str] = "generation"
-    prompt: str = InputField("", description="What the image should show.")
-    negative_prompt: str = InputField("", description="What it should not show.")
+    prompt: str = InputField(
+        "", description=PROMPT_DESCRIPTION.format(what="What the image should show;")
+    )
+    negative_prompt: str = InputField(
+        "", description=PROMPT_DESCRIPTION.format(what="What it should not show;")
+    )
     model: ModelRef | None = InputField(None, description="Main model; empty: the default.")
     steps: int = InputField(30, ge=1, le=1000, description="Denoising steps.")
     cfg_scale: float = InputField(7.5, ge=1, le=200, description="Classifier-free guidance.")
@@ -32,8 +43,14 @@ class _Denoising(BaseInvocation):
     def sampling(self) -> Sampling:
         return Sampling(self.steps, self.cfg_scale, self.scheduler)
 
-    def chosen_seed(self) -> int:
-        return new_seed() if self.seed is None else self.seed
+    async def settle(self, context: InvocationContext) -> tuple[str, int, list[str]]:
+        """Fills in an empty model and seed; returns the model key, the seed and the
+        embeddings the prompts trigger."""
+        self.model = ModelRef(key=await context.model_key("model", self.model, ModelType.MAIN))
+        if self.seed is None:
+            self.seed = new_seed()
+        prompts = (self.prompt, self.negative_prompt)
+        return self.model.key, self.seed, await embedding_keys(context, self.model.key, prompts)
 
 
 class TextToImageInvocation(_Denoising):
@@ -45,7 +62,7 @@ class TextToImageInvocation(_Denoising):
     height: int = InputField(512, ge=8, le=MAX_SIDE, multiple_of=8, description="Image height.")
 
     async def invoke(self, context: InvocationContext) -> ImageWithSizeOutput:
-        model_key = await context.model_key("model", self.model, ModelType.MAIN)
+        model_key, seed, embeddings = await self.settle(context)
         image = await context.inference.text_to_image(
             model_key,
             self.prompt,
@@ -53,9 +70,10 @@ class TextToImageInvocation(_Denoising):
             self.width,
             self.height,
             self.sampling(),
-            self.chosen_seed(),
+            seed,
             to_loras(self.loras),
             origin=context.origin(),
+            embedding_keys=embeddings,
         )
         return await store_image_png(context, image.png, image.width, image.height)
 
@@ -69,7 +87,7 @@ class ImageToImageInvocation(_Denoising):
     strength: float = InputField(0.75, ge=0, le=1, description="How much the image changes.")
 
     async def invoke(self, context: InvocationContext) -> ImageWithSizeOutput:
-        model_key = await context.model_key("model", self.model, ModelType.MAIN)
+        model_key, seed, embeddings = await self.settle(context)
         image = await context.inference.image_to_image(
             model_key,
             await context.images.load_png(self.image),
@@ -77,9 +95,10 @@ class ImageToImageInvocation(_Denoising):
             self.negative_prompt,
             self.strength,
             self.sampling(),
-            self.chosen_seed(),
+            seed,
             to_loras(self.loras),
             origin=context.origin(),
+            embedding_keys=embeddings,
         )
         return await store_image_png(context, image.png, image.width, image.height)
 
@@ -96,7 +115,8 @@ class UpscaleInvocation(BaseInvocation):
     )
 
     async def invoke(self, context: InvocationContext) -> ImageWithSizeOutput:
-        model_key = await context.model_key("model", self.model, ModelType.UPSCALER)
+        key = await context.model_key("model", self.model, ModelType.UPSCALER)
+        self.model = ModelRef(key=key)
         png = await context.images.load_png(self.image)
-        image = await context.inference.upscale(model_key, png, self.scale, context.origin())
+        image = await context.inference.upscale(key, png, self.scale, context.origin())
         return await store_image_png(context, image.png, image.width, image.height)

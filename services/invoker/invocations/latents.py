@@ -22,7 +22,12 @@ from services.invoker.invocations.base import (
 from services.invoker.invocations.context import InvocationContext
 from services.invoker.invocations.fields import ConditioningRef, ImageRef, LatentsRef, ModelRef
 from services.invoker.invocations.image_ops import ImageWithSizeOutput, store_image_png
-from services.invoker.invocations.models import LoraRef, to_loras
+from services.invoker.invocations.models import (
+    PROMPT_DESCRIPTION,
+    LoraRef,
+    embedding_keys,
+    to_loras,
+)
 
 SEED_MAX = 2**32 - 1
 MAX_SIDE = 16384
@@ -57,14 +62,18 @@ class PromptInvocation(BaseInvocation):
     invocation_type: ClassVar[str] = "prompt"
     title: ClassVar[str] = "Prompt"
     category: ClassVar[str] = "conditioning"
-    prompt: str = InputField("", description="The prompt.")
+    prompt: str = InputField("", description=PROMPT_DESCRIPTION.format(what="The prompt;"))
     model: ModelRef | None = InputField(None, description="Main model; empty: the default.")
     loras: list[LoraRef] = InputField([], description="LoRAs applied to the text encoder.")
 
     async def invoke(self, context: InvocationContext) -> ConditioningOutput:
         model_key = await context.model_key("model", self.model, ModelType.MAIN)
         name = await context.inference.encode_prompt(
-            model_key, self.prompt, to_loras(self.loras), context.origin()
+            model_key,
+            self.prompt,
+            to_loras(self.loras),
+            context.origin(),
+            embedding_keys=await embedding_keys(context, model_key, (self.prompt,)),
         )
         return ConditioningOutput(conditioning=ConditioningRef(conditioning_name=name))
 
@@ -143,6 +152,7 @@ class LatentsToImageInvocation(BaseInvocation):
 
     async def invoke(self, context: InvocationContext) -> ImageWithSizeOutput:
         model_key = await context.model_key("model", self.model, ModelType.MAIN)
+        self.model = ModelRef(key=model_key)  # recorded in the saved image's `easel_node`
         image = await context.inference.decode_latents(
             model_key, self.latents.latents_name, context.origin()
         )

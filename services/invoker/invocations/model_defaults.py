@@ -1,12 +1,160 @@
 """The rule for a model input left empty: the default model of its type, so that graphs
-like `txt2img | upscale | show_image` need no model key."""
+like `txt2img | upscale | show_image` need no model key.
+
+A type's default is, in order: the one set through the API (kept in the invoker's SQLite
+file, so it survives a restart and needs none), the `default_models` setting, the only
+installed model of the type. Set defaults win over the setting so that a client (e.g.
+`easel demo install`) can choose a default on a running invoker whatever its settings.
+"""
 
 from __future__ import annotations
 
+import threading
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
 
-from services.common.errors import InvalidArgumentError
+from services.common.errors import InvalidArgumentError, NotFoundError
 from services.common.model_taxonomy import ModelType
+from services.common.sqlite_files import open_wal_database
+
+
+class DefaultSource(StrEnum):
+    """Where a default model comes from."""
+
+    SET = "set"
+    SETTING = "setting"
+
+
+@dataclass(frozen=True)
+class DefaultModel:
+    """The default model of one model type; `update_time` only for a set one."""
+
+    model_type: ModelType
+    model_key: str
+    source: DefaultSource
+    update_time: datetime | None = None
+
+
+class DefaultModelStore(ABC):
+    """The defaults set through the API, by model type; one caller at a time."""
+
+    @abstractmethod
+    def load(self) -> list[DefaultModel]:
+        """Every stored default (read once at start-up)."""
+
+    @abstractmethod
+    def put(self, model_type: ModelType, model_key: str, update_time: datetime) -> None:
+        """Stores the default of `model_type`, replacing the earlier one."""
+
+    @abstractmethod
+    def delete(self, model_type: ModelType) -> None: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS default_model (model_type TEXT PRIMARY KEY, "
+    "model_key TEXT NOT NULL, update_time TEXT NOT NULL)",
+)
+
+
+class SqliteDefaultModelStore(DefaultModelStore):
+    """Set defaults as rows of a `default_model` table, in the sessions' SQLite file."""
+
+    def __init__(self, path: Path) -> None:
+        self._db = open_wal_database(path, _SCHEMA)
+
+    def load(self) -> list[DefaultModel]:
+        rows = self._db.execute("SELECT model_type, model_key, update_time FROM default_model")
+        known = {member.value for member in ModelType}
+        return [
+            DefaultModel(
+                ModelType(model_type), key, DefaultSource.SET, datetime.fromisoformat(time)
+            )
+            for model_type, key, time in rows
+            if model_type in known
+        ]
+
+    def put(self, model_type: ModelType, model_key: str, update_time: datetime) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO default_model VALUES (?, ?, ?)",
+            (model_type.value, model_key, update_time.isoformat()),
+        )
+
+    def delete(self, model_type: ModelType) -> None:
+        self._db.execute("DELETE FROM default_model WHERE model_type = ?", (model_type.value,))
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class DefaultModels:
+    """The defaults in effect: those set through the API over those the setting names.
+
+    Reads come from memory; a change is written to the store before it takes effect, so a
+    failed write changes nothing.
+    """
+
+    def __init__(self, store: DefaultModelStore, configured: Mapping[ModelType, str]) -> None:
+        self._store = store
+        self._configured = dict(configured)
+        self._set = {default.model_type: default for default in store.load()}
+        self._lock = threading.Lock()
+
+    def get(self, model_type: ModelType) -> DefaultModel | None:
+        """The default of `model_type` in effect, or None when neither is there."""
+        chosen = self._set.get(model_type)
+        if chosen is not None:
+            return chosen
+        key = self._configured.get(model_type)
+        return None if key is None else DefaultModel(model_type, key, DefaultSource.SETTING)
+
+    def list(self) -> list[DefaultModel]:
+        """The defaults in effect, in model type order."""
+        return [default for model_type in ModelType if (default := self.get(model_type))]
+
+    def keys(self) -> dict[ModelType, str]:
+        """The key of each type's default in effect."""
+        return {default.model_type: default.model_key for default in self.list()}
+
+    def set(self, model_type: ModelType, model_key: str, actual_type: ModelType) -> DefaultModel:
+        """Make the model `model_key`, whose type is `actual_type`, the default of
+        `model_type`; a model of another type is MODEL_TYPE_MISMATCH."""
+        if actual_type != model_type:
+            raise InvalidArgumentError(
+                f"model {model_key} is a {actual_type.value} model, not a {model_type.value} model",
+                field="model_key",
+                reason="MODEL_TYPE_MISMATCH",
+                metadata={"model_type": model_type.value, "actual_type": actual_type.value},
+            )
+        now = datetime.now(UTC)
+        default = DefaultModel(model_type, model_key, DefaultSource.SET, now)
+        with self._lock:
+            self._store.put(model_type, model_key, now)
+            self._set[model_type] = default
+        return default
+
+    def delete(self, model_type: ModelType) -> DefaultModel | None:
+        """Remove the set default of `model_type` (DEFAULT_MODEL_NOT_SET when there is
+        none); returns the default in effect afterwards (the setting's, or None)."""
+        with self._lock:
+            if model_type not in self._set:
+                raise NotFoundError(
+                    f"no default model was set for {model_type.value!r}",
+                    reason="DEFAULT_MODEL_NOT_SET",
+                    metadata={"model_type": model_type.value},
+                )
+            self._store.delete(model_type)
+            del self._set[model_type]
+        return self.get(model_type)
+
+    def close(self) -> None:
+        self._store.close()
 
 
 def default_model_key(
@@ -15,11 +163,11 @@ def default_model_key(
     configured: Mapping[ModelType, str],
     installed: Sequence[str],
 ) -> str:
-    """The key an empty model input `field` takes: the configured default for its type,
-    else the only installed model of that type (`installed`: their keys).
+    """The key an empty model input `field` takes: the default in effect for its type
+    (`configured`), else the only installed model of that type (`installed`: their keys).
 
-    None configured and zero or several installed is MISSING_REQUIRED_INPUT naming the
-    field, since choosing among several would make a graph's result depend on install order.
+    No default and zero or several installed is MISSING_REQUIRED_INPUT naming the field,
+    since choosing among several would make a graph's result depend on install order.
     """
     if model_type in configured:
         return configured[model_type]
@@ -27,7 +175,7 @@ def default_model_key(
         return installed[0]
     found = "none is installed" if not installed else f"{len(installed)} are installed"
     raise InvalidArgumentError(
-        f"{field} needs a {model_type.value} model: no default is configured for "
+        f"{field} needs a {model_type.value} model: no default is set for "
         f"{model_type.value!r} and {found}",
         field=field,
         reason="MISSING_REQUIRED_INPUT",

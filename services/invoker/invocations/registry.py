@@ -126,9 +126,10 @@ def _add_custom(path: Path, found: dict[str, NodeType]) -> None:
         return
     try:
         types = node_types(module, str(path))
-    except SchemaError as exc:
+    except Exception as exc:  # describing user code may fail in any way (a bad default, ...)
         del sys.modules[module.__name__]
-        log.error("custom node file skipped", path=str(path), error=str(exc))
+        error = str(exc) if isinstance(exc, SchemaError) else f"{type(exc).__name__}: {exc}"
+        log.error("custom node file skipped", path=str(path), error=error)
         return
     for node_type in types:
         name = node_type.spec.name

@@ -7,6 +7,10 @@ they were asked for; every state change is one store operation, so a cancel and 
 of the same item never both win. A cancel that lands after the claim's store operation
 but before the claim returns is still honoured: the item is finished CANCELLED and never
 handed out.
+
+The thread may be shared with the other writers of the same database file (the
+sessions): SQLite lets one connection write at a time and makes the others wait by
+sleeping (1 ms, then 2, 5, 10…), so writers that share one thread never wait that way.
 """
 
 from __future__ import annotations
@@ -48,7 +52,8 @@ class InvocationQueue:
 
     `on_cancel` is called with a RUNNING item that was handed out by `claim` and then
     cancelled, so that its runner stops it (at its next step); `on_change` with every item
-    whose status changed, for session states and events.
+    whose status changed, for session states and events. `worker` (one thread) runs the
+    store calls; by default the queue has its own.
     """
 
     def __init__(
@@ -57,11 +62,13 @@ class InvocationQueue:
         *,
         on_cancel: Callable[[QueueItem], None],
         on_change: Callable[[QueueItem], None] = lambda item: None,
+        worker: ThreadPoolExecutor | None = None,
     ) -> None:
         self._store = store
         self._on_cancel = on_cancel
         self._on_change = on_change
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="queue-db")
+        self._owns_worker = worker is None
+        self._worker = worker or ThreadPoolExecutor(max_workers=1, thread_name_prefix="queue-db")
         self._changed = asyncio.Condition()
         self._version = 0
         self._paused = False
@@ -220,9 +227,10 @@ class InvocationQueue:
         return items, paging.position_token(items[-1].id, fingerprint) if more else ""
 
     async def close(self) -> None:
-        """Finish the store calls asked for, then close the store."""
-        await asyncio.get_running_loop().run_in_executor(None, self._worker.shutdown)
-        self._store.close()
+        """Finish the store calls asked for, then close the store (a shared worker goes on)."""
+        await self._call(self._store.close)
+        if self._owns_worker:
+            await asyncio.get_running_loop().run_in_executor(None, self._worker.shutdown)
 
     async def _end(
         self, item_id: int, status: QueueItemStatus, error: ItemError | None

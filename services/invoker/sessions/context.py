@@ -12,9 +12,23 @@ from services.invoker.clients.inference import InferenceClient
 from services.invoker.clients.model_records import ModelRecordsClient
 from services.invoker.execution.executor import ContextFactory
 from services.invoker.images.library import ImageLibrary
+from services.invoker.invocations.base import BaseInvocation
 from services.invoker.invocations.context import InvocationContext
 from services.invoker.invocations.fields import ImageRef
-from services.invoker.sessions.manager import GraphJson, NodeInputs, NodeReporter
+from services.invoker.sessions.manager import GraphJson, NodeReporter
+
+
+def node_provenance(run_id: str, node: BaseInvocation) -> dict[str, Any]:
+    """The `easel_node` chunk of an image saved by the run `run_id` of `node`: the node's
+    id, run id, type and every input as the run has it now (direct values, values that came
+    over edges, defaults), in JSON form, so references stay names and never pixels or
+    tensors."""
+    return {
+        "id": run_id.split("#", 1)[0],  # node ids cannot hold '#'; run ids add "#<index>"
+        "run_id": run_id,
+        "type": node.invocation_type,
+        "inputs": node.model_dump(mode="json"),
+    }
 
 
 @dataclass(frozen=True)
@@ -24,8 +38,9 @@ class NodeImages:
     library: ImageLibrary
     session_id: str
     node_id: str
+    """The run id."""
     graph: GraphJson
-    node_inputs: dict[str, Any]
+    node: BaseInvocation
 
     async def load_png(self, image: ImageRef) -> bytes:
         return await self.library.load_png(image.image_name)
@@ -38,7 +53,7 @@ class NodeImages:
             session_id=self.session_id,
             node_id=self.node_id,
             graph=self.graph(),
-            node_inputs=self.node_inputs,
+            node=node_provenance(self.node_id, self.node),
             is_intermediate=is_intermediate,
             metadata=metadata,
         )
@@ -58,13 +73,12 @@ def context_factory(
     stubs: ServiceStubs,
     session_id: str,
     graph: GraphJson,
-    node_inputs: NodeInputs,
     reporter: Callable[[str], NodeReporter],
 ) -> ContextFactory:
     """Makes the context of each run of the session's nodes."""
 
-    def make(run_id: str, cancelled: asyncio.Event) -> InvocationContext:
-        images = NodeImages(stubs.images, session_id, run_id, graph, node_inputs(run_id))
+    def make(run_id: str, node: BaseInvocation, cancelled: asyncio.Event) -> InvocationContext:
+        images = NodeImages(stubs.images, session_id, run_id, graph, node)
         report = reporter(run_id)
         return InvocationContext(
             session_id,

@@ -4,7 +4,8 @@ that executes the queue's items one at a time.
 A session's status follows its queue item while it has one queued or running (QUEUED,
 RUNNING) and its execution's settled status otherwise. A changed session is saved once
 per turn of the event loop (a node's result included, so a crash loses at most the node
-that was running); the writes run on one worker thread, off the event loop, in order.
+that was running); the writes run off the event loop, in order, on the one thread that
+also runs the queue's store calls (the same SQLite file, so no write waits on another).
 A save writes only what changed since the last one (new nodes, edges and runs, and the
 status row), so its cost never grows with the session.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -57,10 +59,11 @@ from services.invoker.sessions.store import EdgeJson, SessionChange, SessionReco
 
 log = structlog.get_logger(__name__)
 
+ALL_SESSIONS = ""
+"""The key of a watch of every session among the preview watches."""
+
 GraphJson = Callable[[], dict[str, Any]]
 """The session's graph as JSON (see `graph_json`)."""
-NodeInputs = Callable[[str], dict[str, Any]]
-"""The direct inputs of the node of a run id."""
 
 
 @dataclass(frozen=True)
@@ -86,10 +89,9 @@ class NodeReporter:
 
 
 ReporterFor = Callable[[str], NodeReporter]
-ContextFactoryFor = Callable[[str, GraphJson, NodeInputs, ReporterFor], ContextFactory]
-"""Makes the node-context factory of one session from its id, its graph as JSON, the
-direct inputs of a run's node (for the provenance of the images it saves) and where a
-run's progress and model loads go."""
+ContextFactoryFor = Callable[[str, GraphJson, ReporterFor], ContextFactory]
+"""Makes the node-context factory of one session from its id, its graph as JSON (for the
+provenance of the images its nodes save) and where a run's progress and model loads go."""
 
 FailureCode = Callable[[NodeFailure], int]
 """The gRPC status code number classifying a node failure (the servicer layer knows it)."""
@@ -117,6 +119,11 @@ SETTLED = {
     SettledStatus.CANCELLED: SessionStatus.CANCELLED,
 }
 RUN_MODES = {queue_items.RunMode.ALL: RunMode.ALL, queue_items.RunMode.NEXT: RunMode.NEXT}
+ENDED = {
+    QueueItemStatus.FAILED: SessionStatus.FAILED,
+    QueueItemStatus.CANCELLED: SessionStatus.CANCELLED,
+}
+"""The session status an ended item leaves; a COMPLETED item leaves the execution's."""
 
 
 @dataclass
@@ -172,10 +179,15 @@ class SessionManager:
         self._sessions: dict[str, Session] = {}
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sessions-db")
         self._changed = ChangeSignal()
+        self._preview_watches: Counter[str] = Counter()
+        """Watches that asked for previews, by session id (ALL_SESSIONS: every session)."""
         self._unsaved: dict[str, _Unsaved] = {}
         self._flush_scheduled = False
         self.queue = InvocationQueue(
-            queue_store, on_cancel=self._item_cancelled, on_change=self._item_changed
+            queue_store,
+            on_cancel=self._item_cancelled,
+            on_change=self._item_changed,
+            worker=self._writer,
         )
         self._runner: asyncio.Task[None] | None = None
 
@@ -185,7 +197,23 @@ class SessionManager:
         for record in records:
             self._sessions[record.id] = self._load(record)
         await self.queue.start()
+        await self._settle_ended_runs()
         self._runner = asyncio.create_task(self._run_queue())
+
+    async def _settle_ended_runs(self) -> None:
+        """A session saved QUEUED or RUNNING whose item has ended (the invoker stopped
+        between writing the item's end and the session's status) takes the status the
+        end gives it, rather than staying busy for good."""
+        for session in [s for s in self._sessions.values() if s.status.busy]:
+            try:
+                item = await self.queue.get(session.queue_item_id)
+            except NotFoundError:
+                session.status = SETTLED[session.execution.status]
+                self._touch(session)
+                continue
+            if item.status.terminal:
+                session.status = ENDED.get(item.status) or SETTLED[session.execution.status]
+                self._touch(session)
 
     async def close(self) -> None:
         self._closing.set()
@@ -348,10 +376,13 @@ class SessionManager:
         await self._changed.wait_until(lambda: not session.status.busy)
         return session
 
-    async def watch(self, session_ids: Sequence[str]) -> AsyncIterator[Delivery[Stamped]]:
+    async def watch(
+        self, session_ids: Sequence[str], previews: bool = False
+    ) -> AsyncIterator[Delivery[Stamped]]:
         """What WatchSessionEvents streams: a snapshot of each watched session (the named
         ones, or every one QUEUED or RUNNING), then the live events, until the reader
-        stops. Subscribing before the snapshots means no event falls between the two."""
+        stops. Subscribing before the snapshots means no event falls between the two.
+        While a watch with `previews` lasts, its sessions' generations make previews."""
         ids = set(session_ids)
         watched = [self.get(session_id) for session_id in dict.fromkeys(session_ids)]
         if ids:
@@ -359,6 +390,8 @@ class SessionManager:
         else:
             subscription = self.events.subscribe()
             watched = [session for session in self._sessions.values() if session.status.busy]
+        preview_keys = (ids or {ALL_SESSIONS}) if previews else set()
+        self._preview_watches.update(preview_keys)
         try:
             for session in watched:
                 item_id = session.queue_item_id if session.status.busy else 0
@@ -367,6 +400,13 @@ class SessionManager:
                 yield delivery
         finally:
             subscription.close()
+            self._preview_watches.subtract(preview_keys)
+            self._preview_watches = +self._preview_watches  # drops the keys back at zero
+
+    def wants_previews(self, session_id: str) -> bool:
+        """Whether a watch that asked for previews covers the session now: its
+        generations make previews only then."""
+        return self._preview_watches[session_id] > 0 or self._preview_watches[ALL_SESSIONS] > 0
 
     def _item_changed(self, item: QueueItem) -> None:
         session = self._sessions.get(item.session_id)
@@ -439,15 +479,14 @@ class SessionManager:
         error: ItemError | None = None,
     ) -> None:
         """Ends the item, then settles the session: it stays RUNNING until its item has
-        ended, so no new run of it is queued while this one is still finishing."""
+        ended, so no new run of it is queued while this one is still finishing. The run's
+        results are written before the item ends."""
+        self._flush()
         await self.queue.finish(item.id, item_status, error)
         session.status = status
         self._touch(session)
 
     def _execution(self, session_id: str, graph: Graph) -> GraphExecution:
-        def node_inputs(run_id: str) -> dict[str, Any]:
-            return dict(graph.nodes[run_id.split("#")[0]].inputs)
-
         def queue_item_id() -> int:
             session = self._sessions.get(session_id)
             return 0 if session is None else session.queue_item_id
@@ -456,7 +495,7 @@ class SessionManager:
             publish = self._publish
             return NodeReporter(publish, session_id, run_id, queue_item_id)
 
-        contexts = self._contexts(session_id, lambda: graph_json(graph), node_inputs, reporter_for)
+        contexts = self._contexts(session_id, lambda: graph_json(graph), reporter_for)
         return GraphExecution(session_id, graph, contexts, cache=self._cache, emit=self._emit)
 
     def _emit(self, event: ExecutionEvent) -> None:
