@@ -27,6 +27,7 @@ SHARED_MODULES = {
     "services",
     "services.common",
     "services.common.settings",
+    "services.common.database_url",
     "services.common.errors",
     "services.common.error_status",
     "services.common.call_options",

@@ -74,9 +74,9 @@ def png(width: int, height: int) -> bytes:
     return buffer.getvalue()
 
 
-def upload(sdk: EaselClient, data: bytes) -> str:
+def upload(sdk: EaselClient, data: bytes, session_id: str) -> str:
     requests = [
-        image_pb.UploadImageRequest(metadata=image_pb.UploadImageMetadata(session_id="s1")),
+        image_pb.UploadImageRequest(metadata=image_pb.UploadImageMetadata(session_id=session_id)),
         image_pb.UploadImageRequest(chunk=data),
     ]
     return sdk.images.UploadImage(iter(requests)).image.name
@@ -84,10 +84,12 @@ def upload(sdk: EaselClient, data: bytes) -> str:
 
 def test_images_are_listed_saved_and_deleted(sdk: EaselClient, easel: Easel, tmp_path: Path):
     data = png(600, 300)
-    name = upload(sdk, data)
+    create = session_pb.CreateSessionRequest(graph=graph_pb2.Graph())
+    session_id = sdk.sessions.CreateSession(create).session.id
+    name = upload(sdk, data, session_id)
 
     [listed] = easel.json("images", "list")
-    assert (listed["name"], listed["width"], listed["session_id"]) == (name, 600, "s1")
+    assert (listed["name"], listed["width"], listed["session_id"]) == (name, 600, session_id)
     assert name in easel.ok("images", "list", "--origin", "uploaded").stdout
     assert easel.json("images", "list", "--origin", "generated") == []
 
