@@ -6,7 +6,7 @@ current request id and the bearer token, and uses the suite's TLS settings.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from grpc import aio
@@ -22,17 +22,21 @@ Metadata = Callable[[], list[tuple[str, str]]]
 
 
 def open_channel(
-    address: str, settings: CommonSettings, reconnect_backoff_ms: int | None = None
+    address: str,
+    settings: CommonSettings,
+    reconnect_backoff_ms: int | None = None,
+    options: Sequence[tuple[str, str | int]] = (),
 ) -> aio.Channel:
-    """An asyncio channel to another Easel service at `address`.
+    """An asyncio channel to another Easel service at `address` (any gRPC target).
 
     `reconnect_backoff_ms` shortens gRPC's 1 s wait before retrying a refused connection,
-    for callers that wait for a service to come up.
+    for callers that wait for a service to come up. `options` are further channel
+    arguments (a service config choosing load balancing, for instance).
     """
     token = settings.auth_token.get_secret_value() if settings.auth_token else None
     interceptors = _interceptors(lambda: outgoing_metadata(token))
     credentials = channel_credentials(settings)
-    options = message_size_options(settings)
+    options = [*message_size_options(settings), *options]
     if reconnect_backoff_ms is not None:
         options += [
             ("grpc.initial_reconnect_backoff_ms", reconnect_backoff_ms),

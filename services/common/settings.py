@@ -68,7 +68,9 @@ class CommonSettings(BaseSettings):
     """host:port the downloader listens on and other processes call it at."""
 
     inference_address: str = "127.0.0.1:50054"
-    """host:port the inference service listens on and other processes call it at."""
+    """host:port the inference service listens on and other processes call it at. The
+    invoker also takes several workers here: a comma-separated list of IP addresses or one
+    DNS name resolving to every worker (`dns:///inference:50054`); see InvokerSettings."""
 
     log_level: str = "info"
     """Lowest level logged: debug, info, warning or error."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 from grpc import aio
@@ -9,6 +11,7 @@ from grpc import aio
 from easel.inference.v1 import generation_service_pb2 as pb
 from easel.inference.v1 import generation_service_pb2_grpc
 from services.common import paging
+from services.common.errors import FailedPreconditionError, InvalidArgumentError
 from services.inference import generation_convert as convert
 from services.inference.generation.schedulers import SCHEDULERS
 from services.inference.generations import Generations
@@ -70,6 +73,33 @@ class GenerationServicer(generation_service_pb2_grpc.GenerationServiceServicer):
             event = convert.event_to_pb(delivery.event, delivery.dropped_before)
             yield pb.WatchInferenceEventsResponse(event=event)
 
+    async def RunGeneration(
+        self, request_iterator: AsyncIterator[pb.RunGenerationRequest], context: aio.ServicerContext
+    ) -> AsyncIterator[pb.RunGenerationResponse]:
+        first = await anext(aiter(request_iterator), None)
+        if first is None or not first.HasField("generation"):
+            raise InvalidArgumentError(
+                "the first message must be the generation", field="generation"
+            )
+        operation = convert.generation_request(first.generation)
+        options = convert.generation_options(first.generation)
+        generations = self._generations.get()
+        listening: asyncio.Task[None] | None = None
+        try:
+            # Closed at once when the call ends, so a client that leaves cancels the work.
+            async with contextlib.aclosing(generations.run(operation, options)) as deliveries:
+                async for delivery in deliveries:
+                    if listening is None:  # the first delivery, its snapshot, names it
+                        generation_id = delivery.event.context.generation_id
+                        listening = asyncio.create_task(
+                            _cancel_on_request(request_iterator, generations, generation_id)
+                        )
+                    event = convert.event_to_pb(delivery.event, delivery.dropped_before)
+                    yield pb.RunGenerationResponse(event=event)
+        finally:
+            if listening is not None:
+                listening.cancel()
+
     async def ListSchedulers(
         self, request: pb.ListSchedulersRequest, context: aio.ServicerContext
     ) -> pb.ListSchedulersResponse:
@@ -79,3 +109,13 @@ class GenerationServicer(generation_service_pb2_grpc.GenerationServiceServicer):
             schedulers=[convert.scheduler_to_pb(spec) for spec in page],
             next_page_token=next_token,
         )
+
+
+async def _cancel_on_request(
+    requests: AsyncIterator[pb.RunGenerationRequest], generations: Generations, generation_id: str
+) -> None:
+    """Cancels the generation of a RunGeneration call when the client asks."""
+    async for message in requests:
+        if message.HasField("cancel"):
+            with contextlib.suppress(FailedPreconditionError):  # it has ended already
+                generations.cancel(generation_id)

@@ -18,13 +18,19 @@ every event.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image
 
-from services.common.errors import InvalidArgumentError, NotFoundError
+from services.common.errors import (
+    EaselError,
+    InvalidArgumentError,
+    NotFoundError,
+    UnavailableError,
+)
 from services.common.event_bus import Delivery, follow
 from services.common.model_taxonomy import BaseModelType, ModelType, SubModelType
 from services.inference.events import (
@@ -261,6 +267,56 @@ class Generations:
                     return
         finally:
             subscription.close()
+
+    async def run(
+        self, request: GenerationRequest, options: GenerationOptions
+    ) -> AsyncIterator[Delivery]:
+        """Create a generation and follow it in one stream: its snapshot, its events, then
+        its terminal snapshot. The subscription exists before the generation is queued, so
+        no event is missed; the last snapshot is the queue's, so a reader that missed
+        events still gets the outcome. Leaving early cancels the generation; a shutdown
+        ends the stream UNAVAILABLE (the generation cancelled by it)."""
+        prepared = await self._prepare(request)
+        mine: set[str] = set()
+        subscription = self._events.bus.subscribe(lambda event: event.context.generation_id in mine)
+        generation: Generation | None = None
+        try:
+            generation = self._queue.create(
+                request.kind,
+                prepared.work,
+                total_steps=prepared.total_steps,
+                session_id=options.session_id,
+                invocation_id=options.invocation_id,
+                inputs=prepared.inputs,
+                preview=options.preview,
+            )
+            # Added before the event loop turns, so every later event of it is delivered
+            # (GenerationQueued, published inside `create`, is what the snapshot says).
+            mine.add(generation.id)
+            yield Delivery(GenerationSnapshot(generation, context=generation.context), 0)
+            ended = asyncio.ensure_future(self._queue.wait(generation.id))
+            try:
+                while not ended.done():
+                    delivery = asyncio.ensure_future(anext(subscription))
+                    await asyncio.wait({delivery, ended}, return_when=asyncio.FIRST_COMPLETED)
+                    if delivery.done():
+                        yield delivery.result()
+                    else:
+                        delivery.cancel()
+                generation = ended.result()
+            finally:
+                ended.cancel()
+            # Its terminal event was delivered as it ended: it waits in the buffer.
+            while subscription.pending():
+                yield await anext(subscription)
+            if self._closing.is_set() and generation.status is GenerationStatus.CANCELLED:
+                raise UnavailableError("the inference service is shutting down")
+            yield Delivery(GenerationSnapshot(generation, context=generation.context), 0)
+        finally:
+            subscription.close()
+            if generation is not None and not generation.status.terminal:
+                with contextlib.suppress(EaselError):
+                    self._queue.cancel(generation.id)
 
     def _still_running(self, generation_id: str) -> bool:
         try:

@@ -17,6 +17,7 @@ from easel.invoker.v1 import (
     session_service_pb2,
     session_service_pb2_grpc,
 )
+from services.common.database_url import postgres_url
 from services.common.server import ServiceServer, run_process
 from services.invoker import session_convert
 from services.invoker.clients.inference import InferenceClient
@@ -25,14 +26,18 @@ from services.invoker.execution.cache import OutputCache
 from services.invoker.image_servicer import ImageServicer
 from services.invoker.images.library import open_image_library
 from services.invoker.invocation_servicer import InvocationServicer
-from services.invoker.invocations.model_defaults import DefaultModels, SqliteDefaultModelStore
+from services.invoker.invocations.model_defaults import DefaultModels, open_default_model_store
 from services.invoker.invocations.registry import load_registry
-from services.invoker.queue.sqlite_store import SqliteQueueStore
+from services.invoker.postgres_pool import DEFAULTS_CHANNEL
+from services.invoker.queue.stores import open_queue_store
 from services.invoker.queue_servicer import QueueServicer
+from services.invoker.replicas import ReplicaLink, new_replica_id
 from services.invoker.session_servicer import SessionServicer
 from services.invoker.sessions.context import ServiceStubs, context_factory
 from services.invoker.sessions.manager import SessionManager
-from services.invoker.sessions.store import SqliteSessionStore
+from services.invoker.sessions.shared import SharedSessionManager
+from services.invoker.sessions.stores import open_session_store
+from services.invoker.sessions.writer import WriterDefaultModelStore, database_writer
 from services.invoker.settings import InvokerSettings
 
 DOMAIN = "easel.invoker.v1"
@@ -40,9 +45,14 @@ DOMAIN = "easel.invoker.v1"
 
 async def build(server: ServiceServer, settings: InvokerSettings) -> None:
     registry = load_registry(settings.custom_nodes_dir)
+    database_url, replica_id = settings.database_url, new_replica_id()
+    writer = database_writer()  # every store of sessions.db writes on this one thread
     defaults = await asyncio.to_thread(
         lambda: DefaultModels(
-            SqliteDefaultModelStore(settings.sessions_db), settings.default_models
+            WriterDefaultModelStore(
+                open_default_model_store(database_url, settings.sessions_db, replica_id), writer
+            ),
+            settings.default_models,
         )
     )
     models = ModelRecordsClient(settings, defaults)
@@ -60,7 +70,12 @@ async def build(server: ServiceServer, settings: InvokerSettings) -> None:
         sessions.get(session_id)
 
     images = await asyncio.to_thread(
-        partial(open_image_library, settings.root, check_session=check_session)
+        partial(
+            open_image_library,
+            settings.root,
+            check_session=check_session,
+            database_url=database_url,
+        )
     )
     server.add_service(
         image_service_pb2, image_service_pb2_grpc, "ImageService", ImageServicer(images)
@@ -71,16 +86,33 @@ async def build(server: ServiceServer, settings: InvokerSettings) -> None:
     )
     stubs = ServiceStubs(images, inference, models)
     session_store, queue_store = await asyncio.to_thread(
-        lambda: (SqliteSessionStore(settings.sessions_db), SqliteQueueStore(settings.sessions_db))
+        lambda: (
+            open_session_store(database_url, settings.sessions_db, replica_id),
+            open_queue_store(
+                database_url, settings.sessions_db, replica_id, settings.queue_lease_s
+            ),
+        )
     )
-    sessions = SessionManager(
-        registry,
-        session_store,
-        queue_store,
-        partial(context_factory, stubs),
-        cache=OutputCache(settings.node_cache_size) if settings.node_cache_size else None,
-        failure_code=session_convert.failure_code,
-    )
+    parts = (registry, session_store, queue_store, partial(context_factory, stubs))
+    cache = OutputCache(settings.node_cache_size) if settings.node_cache_size else None
+    url = postgres_url(database_url)
+    if url is None:
+        sessions = SessionManager(
+            *parts, cache=cache, failure_code=session_convert.failure_code, writer=writer
+        )
+    else:
+        # Invoker processes on one database share the queue, the sessions and their events.
+        link = ReplicaLink(url, replica_id)
+        link.on(DEFAULTS_CHANNEL, lambda message: asyncio.to_thread(defaults.reload))
+        sessions = SharedSessionManager(
+            *parts,
+            cache=cache,
+            failure_code=session_convert.failure_code,
+            writer=writer,
+            link=link,
+            encode_event=session_convert.event_to_bytes,
+            decode_event=session_convert.event_from_bytes,
+        )
     await sessions.start()
     server.add_service(
         session_service_pb2,
@@ -98,6 +130,7 @@ async def build(server: ServiceServer, settings: InvokerSettings) -> None:
         await models.close()
         images.close()
         defaults.close()
+        await asyncio.to_thread(writer.shutdown)
 
     server.on_shutdown(close)
 

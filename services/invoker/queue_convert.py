@@ -42,6 +42,7 @@ def queue_item_to_pb(item: QueueItem) -> pb.QueueItem:
         start_time=timestamp(item.start_time),
         end_time=timestamp(item.end_time),
         priority=item.priority,
+        invoker_id=item.owner,
     )
     if item.error is not None:
         message.error_type = item.error.error_type

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import timedelta
+from datetime import UTC, timedelta
 from typing import Any
 
 from google.protobuf import json_format, struct_pb2
@@ -20,12 +20,13 @@ from services.invoker.queue_convert import RUN_MODE, timestamp
 from services.invoker.sessions.events import (
     InvocationProgress,
     ModelLoadEvent,
+    RemoteEvent,
     SessionQueued,
     SessionSnapshot,
     SessionStarted,
     Stamped,
 )
-from services.invoker.sessions.manager import SETTLED, Session, SessionStatus
+from services.invoker.sessions.manager import SETTLED, Session, SessionStatus, SessionView
 
 STATUS = EnumMap(SessionStatus, graph_pb2.SessionStatus)
 UNKNOWN = 2
@@ -83,28 +84,29 @@ def struct(values: Mapping[str, Any]) -> struct_pb2.Struct:
     return message
 
 
-def session_to_pb(session: Session, message: pb.Session | None = None) -> pb.Session:
-    """The session as a message; written into `message` (a response's field) when given.
-    Everything is set in place, never built apart and copied in, so each node, edge and
-    result is converted once per call (a copy would go over the whole graph again)."""
+def session_to_pb(session: Session | SessionView, message: pb.Session | None = None) -> pb.Session:
+    """The session (now, or as a view froze it) as a message; written into `message` (a
+    response's field) when given. Everything is set in place, never built apart and copied
+    in, so each node, edge and result is converted once per call (a copy would go over the
+    whole graph again)."""
     if message is None:
         message = pb.Session()
-    message.id = session.id
-    _fill_graph(message.graph, session)
-    _fill_state(message.state, session)
-    message.status = STATUS.to_pb(session.status)
-    message.queue_item_id = session.queue_item_id
-    message.create_time.FromDatetime(session.create_time)
-    message.update_time.FromDatetime(session.update_time)
+    view = session.view() if isinstance(session, Session) else session
+    message.id = view.id
+    _fill_graph(message.graph, view)
+    _fill_state(message.state, view)
+    message.status = STATUS.to_pb(view.status)
+    message.queue_item_id = view.queue_item_id
+    message.create_time.FromDatetime(view.create_time)
+    message.update_time.FromDatetime(view.update_time)
     return message
 
 
-def _fill_graph(message: graph_pb2.Graph, session: Session) -> None:
-    graph = session.graph
-    for node in graph.nodes.values():
+def _fill_graph(message: graph_pb2.Graph, view: SessionView) -> None:
+    for node in view.nodes:
         added = message.nodes.add(id=node.id, type=node.type.spec.name)
         added.inputs.update(dict(node.inputs))
-    for edge in graph.edges:
+    for edge in view.edges:
         connection = message.edges.add()
         connection.source.node_id = edge.source.node_id
         connection.source.field = edge.source.field
@@ -112,17 +114,15 @@ def _fill_graph(message: graph_pb2.Graph, session: Session) -> None:
         connection.destination.field = edge.destination.field
 
 
-def _fill_state(message: graph_pb2.GraphExecutionState, session: Session) -> None:
-    execution = session.execution
-    state = execution.state
-    message.executed_node_ids.extend(state.executed)
-    for key, result in state.results.items():
-        message.results[key].update(dict(result.outputs))
-    for key, failure in state.errors.items():
+def _fill_state(message: graph_pb2.GraphExecutionState, view: SessionView) -> None:
+    message.executed_node_ids.extend(view.executed)
+    for key, outputs in view.results.items():
+        message.results[key].update(dict(outputs))
+    for key, failure in view.errors.items():
         message.errors[key].CopyFrom(node_error_to_pb(failure))
-    message.running_node_id = state.running
-    message.ready_node_ids.extend(execution.ready_ids())
-    message.pending_node_ids.extend(execution.pending_ids())
+    message.running_node_id = view.running
+    message.ready_node_ids.extend(view.ready)
+    message.pending_node_ids.extend(view.pending)
 
 
 def _model_load_to_pb(message: pb.SessionEvent, load: ModelLoad) -> None:
@@ -160,6 +160,10 @@ def event_to_pb(stamped: Stamped, dropped: int, previews: bool = False) -> pb.Se
     """A session event; `dropped`: events the watcher missed just before it; `previews`:
     whether progress carries its preview image."""
     event = stamped.event
+    if isinstance(event, RemoteEvent):
+        message = pb.SessionEvent.FromString(event.message)
+        message.dropped_count = dropped
+        return message
     message = pb.SessionEvent(
         time=timestamp(stamped.time),
         session_id=event.session_id,
@@ -221,3 +225,15 @@ def event_to_pb(stamped: Stamped, dropped: int, previews: bool = False) -> pb.Se
                 )
             )
     return message
+
+
+def event_to_bytes(stamped: Stamped) -> bytes:
+    """A session event as another invoker process passes it on (no preview image)."""
+    return event_to_pb(stamped, 0).SerializeToString()
+
+
+def event_from_bytes(data: bytes) -> Stamped:
+    """An event another invoker process sent (`event_to_bytes`), for this one's watchers."""
+    message = pb.SessionEvent.FromString(data)
+    event = RemoteEvent(message.session_id, message.queue_item_id, data)
+    return Stamped(message.time.ToDatetime(tzinfo=UTC), event)

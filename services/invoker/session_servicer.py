@@ -23,9 +23,11 @@ class SessionServicer(session_service_pb2_grpc.SessionServiceServicer):
     ) -> pb.CreateSessionResponse:
         nodes = [convert.node_spec_from_pb(node) for node in request.graph.nodes]
         edges = [convert.edge_from_pb(edge) for edge in request.graph.edges]
-        session = self._sessions.create(nodes, edges)
+        session = self._sessions.build(nodes, edges)
         response = pb.CreateSessionResponse()
         convert.session_to_pb(session, response.session)
+        self._sessions.keep(session)  # only once the reply is made: a failure keeps nothing
+        await self._sessions.saved()  # written, so every invoker of a shared database has it
         return response
 
     async def GetSession(

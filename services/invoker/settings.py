@@ -8,6 +8,7 @@ from pydantic import Field, ValidationInfo, field_validator
 
 from services.common.model_taxonomy import ModelType
 from services.common.settings import DEFAULT_ROOT, CommonSettings
+from services.invoker.clients.inference_workers import check_inference_address
 
 
 class InvokerSettings(CommonSettings):
@@ -18,7 +19,14 @@ class InvokerSettings(CommonSettings):
     imported at start and its invocation classes registered; relative to the root."""
 
     sessions_db: Path = Path("databases/sessions.db")
-    """SQLite file of the sessions and the queue; relative to the root."""
+    """SQLite file of the sessions and the queue (with `database_url` sqlite:); relative
+    to the root."""
+
+    queue_lease_s: float = Field(default=30.0, ge=1.0, le=3600.0)
+    """With a PostgreSQL `database_url`: how long a claimed queue item stays its invoker's
+    without a heartbeat (renewed every third of it). An invoker that dies has its item
+    FAILED with INVOKER_LOST within about this long plus a third; a shorter lease notices
+    sooner but fails an item whose invoker cannot reach the database for that long."""
 
     node_cache_size: int = Field(default=1024, ge=0)
     """Most node outputs the node-output cache keeps (shared by every session); 0 turns
@@ -29,6 +37,14 @@ class InvokerSettings(CommonSettings):
     "upscaler": "<key>"}`; in the environment as JSON). A default set through
     InvocationService.SetDefaultModel wins over it; a type with neither takes its only
     installed model."""
+
+    @field_validator("inference_address")
+    @classmethod
+    def _inference_workers(cls, address: str) -> str:
+        """The invoker calls one inference worker, a comma-separated list of IP addresses
+        (`127.0.0.1:50054,127.0.0.1:50064`) or a DNS name resolving to every worker
+        (`dns:///inference:50054`), balancing over them (see clients.inference_workers)."""
+        return check_inference_address(address)
 
     @field_validator("custom_nodes_dir", "sessions_db")
     @classmethod

@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 
 import pytest
 
+from services.common.model_taxonomy import ModelType
 from services.invoker.execution.cache import OutputCache
 from services.invoker.execution.events import (
     ExecutionEvent,
@@ -26,7 +27,9 @@ from services.invoker.graphs.graph import Edge, FieldRef, Graph, NodeSpec
 from services.invoker.invocations import arithmetic, iteration, primitives
 from services.invoker.invocations.base import BaseInvocation, InputField
 from services.invoker.invocations.context import InvocationContext
-from services.invoker.invocations.primitives import IntegerOutput
+from services.invoker.invocations.fields import ImageRef, ModelRef
+from services.invoker.invocations.image_ops import ImageWithSizeOutput
+from services.invoker.invocations.primitives import IntegerOutput, ModelOutput
 from services.invoker.invocations.registry import InvocationRegistry, node_types
 
 
@@ -63,6 +66,33 @@ class AwaitCancelInvocation(BaseInvocation):
         await context.cancelled.wait()
         context.raise_if_cancelled()
         return IntegerOutput(value=self.value)
+
+
+class DefaultModelInvocation(BaseInvocation):
+    """Names the main model it runs with: the one given, else the default at run time."""
+
+    invocation_type: ClassVar[str] = "default_model"
+    model: ModelRef | None = InputField(None, description="Main model; empty: the default.")
+    computed: ClassVar[list[str]] = []
+
+    async def resolve(self, context: InvocationContext) -> None:
+        self.model = ModelRef(key=await context.model_key("model", self.model, ModelType.MAIN))
+
+    async def invoke(self, context: InvocationContext) -> ModelOutput:
+        key = await context.model_key("model", self.model, ModelType.MAIN)
+        DefaultModelInvocation.computed.append(key)
+        return ModelOutput(model=ModelRef(key=key))
+
+
+class MakeImageInvocation(BaseInvocation):
+    """Stores a new image of `side` x `side` pixels (as image nodes do) and names it."""
+
+    invocation_type: ClassVar[str] = "make_image"
+    side: int = InputField(8, description="Width and height.")
+
+    async def invoke(self, context: InvocationContext) -> ImageWithSizeOutput:
+        image = await context.images.save_png(b"png")
+        return ImageWithSizeOutput(image=image, width=self.side, height=self.side)
 
 
 REGISTRY = InvocationRegistry(
@@ -282,6 +312,29 @@ async def test_nodes_after_an_iterate_run_once_per_item_and_collect_gathers_them
     ]
 
 
+async def test_an_iterate_with_no_collection_yet_waits_for_an_edge_into_it():
+    run = execution(
+        [node("it", "iterate"), node("times", "mul", b=10), node("other", "integer", value=1)],
+        [edge("it.item", "times.a")],
+    )
+    await run.run(RunMode.ALL)
+
+    assert run.state.executed == ["other"]
+    assert run.pending_ids() == ["it", "times"]
+    assert run.status is SettledStatus.IDLE
+    assert run.nothing_to_run
+    assert run.accepts_edge_into("it")
+
+    run.graph.add_node(node("range", "range", start=0, stop=2), [])
+    run.node_added("range")
+    run.edge_added(run.graph.add_edge(edge("range.collection", "it.collection")))
+    result = await run.run(RunMode.ALL)
+
+    assert result.status is SettledStatus.COMPLETED
+    assert value(run, "times#0") == 0
+    assert value(run, "times#1") == 10
+
+
 async def test_an_empty_collection_collects_nothing():
     run = fan_out(0)
 
@@ -348,6 +401,80 @@ async def test_a_changed_edge_value_is_computed_again():
         )
         await run.run(RunMode.ALL)
     assert CountedInvocation.computed == [4, 5]
+
+
+class Services:
+    """The default main model and the stored images, as the model manager and the image
+    store would have them, for nodes that use them."""
+
+    def __init__(self) -> None:
+        self.default_main = ""
+        self.images: set[str] = set()
+        self.saved = 0
+
+    async def default_key(self, field: str, model_type: ModelType) -> str:
+        return self.default_main
+
+    async def save_png(self, png: bytes, **options: Any) -> ImageRef:
+        self.saved += 1
+        name = f"image-{self.saved}.png"
+        self.images.add(name)
+        return ImageRef(image_name=name)
+
+    async def exists(self, image: ImageRef) -> bool:
+        return image.image_name in self.images
+
+    def execution(self, nodes: list[NodeSpec], cache: OutputCache) -> GraphExecution:
+        def make(node_id: str, node: BaseInvocation, cancelled: asyncio.Event) -> InvocationContext:
+            return InvocationContext(
+                session_id="session",
+                node_id=node_id,
+                images=self,
+                inference=None,  # type: ignore[arg-type]
+                models=self,  # type: ignore[arg-type]
+                progress=lambda step, total, message="": None,
+                cancelled=cancelled,
+            )
+
+        return GraphExecution("session", Graph.build(REGISTRY, nodes, []), make, cache=cache)
+
+
+async def test_an_empty_model_input_is_cached_under_the_default_it_takes():
+    DefaultModelInvocation.computed.clear()
+    services, cache = Services(), OutputCache()
+    nodes = [node("m", "default_model")]
+    services.default_main = "first"
+    await services.execution(nodes, cache).run(RunMode.ALL)
+    services.default_main = "second"  # the default changed: the same graph means another model
+    changed = services.execution(nodes, cache)
+    await changed.run(RunMode.ALL)
+    again = services.execution(nodes, cache)
+    await again.run(RunMode.ALL)
+
+    assert value(changed, "m", "model") == {"key": "second"}
+    assert not changed.state.results["m"].cache_hit
+    assert again.state.results["m"].cache_hit
+    assert DefaultModelInvocation.computed == ["first", "second"]
+
+
+async def test_a_cached_output_naming_a_deleted_image_is_computed_again():
+    services, cache = Services(), OutputCache()
+    nodes = [node("i", "make_image", side=8)]
+    first = services.execution(nodes, cache)
+    await first.run(RunMode.ALL)
+    made = value(first, "i", "image")["image_name"]
+    hit = services.execution(nodes, cache)
+    await hit.run(RunMode.ALL)
+    assert hit.state.results["i"].cache_hit
+
+    services.images.discard(made)  # the image was deleted
+    again = services.execution(nodes, cache)
+    await again.run(RunMode.ALL)
+
+    assert not again.state.results["i"].cache_hit
+    remade = value(again, "i", "image")["image_name"]
+    assert remade != made
+    assert remade in services.images
 
 
 async def test_random_nodes_are_never_cached():

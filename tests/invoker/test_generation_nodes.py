@@ -120,7 +120,7 @@ def context_for(
     services: Services,
     node: BaseInvocation,
     session_id: str,
-    progress: ProgressSink = lambda step, total, message="", preview=None: None,
+    progress: ProgressSink = lambda step, total, message="", preview=None, time=None: None,
 ) -> InvocationContext:
     images = NodeImages(suite.library, session_id, "node", dict, node)
     return InvocationContext(
@@ -164,7 +164,7 @@ async def test_txt2img_then_upscale_with_the_default_models_store_pngs(
         services,
         node,
         "t2i",
-        lambda step, total, message="", preview=None: progress.append((step, total)),
+        lambda step, total, message="", preview=None, time=None: progress.append((step, total)),
     )
     output = await node.invoke(context)
 
@@ -228,7 +228,7 @@ async def test_an_empty_model_input_without_a_single_model_of_its_type_is_refuse
 def stepping(suite: Suite, services: Services, node: BaseInvocation, session_id: str):
     """A context for `node` and an event set once its generation reports a step."""
     stepped = asyncio.Event()
-    progress = lambda step, total, message="", preview=None: stepped.set()  # noqa: E731
+    progress = lambda step, total, message="", preview=None, time=None: stepped.set()  # noqa: E731
     return context_for(suite, services, node, session_id, progress), stepped
 
 

@@ -29,7 +29,7 @@ from services.invoker.images.records import (
     ImageOrigin,
     ImageQuery,
 )
-from services.invoker.images.sqlite_store import SqliteImageRecordStore
+from services.invoker.images.stores import open_image_records
 
 GRAPH = {"nodes": {"n1": {"type": "txt2img", "prompt": "a café at dawn"}}, "edges": []}
 TOO_LARGE = errors.ResourceExhaustedError
@@ -50,10 +50,10 @@ def pieces(data: bytes, size: int) -> Iterable[bytes]:
 
 
 class Setup:
-    def __init__(self, root: Path, **limits: int) -> None:
+    def __init__(self, root: Path, database_url: str = "sqlite:", **limits: int) -> None:
         self.folder = root / "outputs" / "images"
         self.db = root / "databases" / "images.db"
-        self.store = SqliteImageRecordStore(self.db)
+        self.store = open_image_records(database_url, self.db)
         self.files = ImageFiles(self.folder)
         self.library = ImageLibrary(self.store, self.files, **limits)
 
@@ -67,8 +67,9 @@ class Setup:
 
 
 @pytest.fixture
-def setup(tmp_path: Path):
-    made = Setup(tmp_path)
+def setup(tmp_path: Path, database_url: str):
+    """The library with its records on each engine."""
+    made = Setup(tmp_path, database_url)
     yield made
     made.store.close()
 
@@ -285,7 +286,7 @@ async def test_an_unknown_session_is_refused_before_any_byte_is_read(tmp_path):
 
 async def test_a_record_that_cannot_be_written_leaves_no_file(setup: Setup):
     setup.store.close()  # every write now fails
-    with pytest.raises(sqlite3.ProgrammingError):
+    with pytest.raises((sqlite3.ProgrammingError, errors.UnavailableError)):
         await setup.library.upload(NewImage(), stream(png()))
     assert setup.stored_files() == []
 

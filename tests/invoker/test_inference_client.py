@@ -22,22 +22,24 @@ class Generations(generation_service_pb2_grpc.GenerationServiceServicer):
     def __init__(self) -> None:
         self.requests: list[pb.CreateGenerationRequest] = []
 
-    async def CreateGeneration(self, request, context):
-        self.requests.append(request)
-        return pb.CreateGenerationResponse(generation=pb.Generation(id=str(len(self.requests))))
-
-    async def WaitGeneration(self, request, context):
+    async def RunGeneration(self, request_iterator, context):
+        request = await anext(aiter(request_iterator))
+        self.requests.append(request.generation)
+        generation_id = str(len(self.requests))
+        queued = pb.Generation(id=generation_id, status=pb.GENERATION_STATUS_QUEUED)
+        yield _snapshot(queued)
         image = pb.GeneratedImage(png=b"png", width=1, height=1)
-        generation = pb.Generation(
-            id=request.id,
+        done = pb.Generation(
+            id=generation_id,
             status=pb.GENERATION_STATUS_COMPLETED,
             result=pb.GenerationResult(image=image),
         )
-        return pb.WaitGenerationResponse(generation=generation)
+        yield _snapshot(done)
 
-    async def WatchInferenceEvents(self, request, context):
-        return
-        yield
+
+def _snapshot(generation: pb.Generation) -> pb.RunGenerationResponse:
+    snapshot = pb.GenerationSnapshot(generation=generation)
+    return pb.RunGenerationResponse(event=pb.InferenceEvent(generation_snapshot=snapshot))
 
 
 @pytest.fixture
@@ -56,7 +58,7 @@ async def test_previews_are_asked_for_only_while_someone_wants_them(service, tmp
     watched = {"watched"}
     settings = CommonSettings(root=tmp_path, inference_address=address)
     client = InferenceClient(settings, previews_wanted=lambda session_id: session_id in watched)
-    progress = lambda step, total, preview: None  # noqa: E731
+    progress = lambda step, total, preview, time: None  # noqa: E731
     try:
         for session_id, previews in (("watched", True), ("other", True), ("watched", False)):
             origin = Origin(session_id=session_id, on_progress=progress, previews=previews)

@@ -222,12 +222,14 @@ def test_every_core_field_says_what_it_means():
             assert field.description, f"{spec.name}.{field.name}"
 
 
-def test_random_and_saving_nodes_are_not_cacheable_and_the_rest_are():
+def test_random_saving_and_tensor_nodes_are_not_cacheable_and_the_rest_are():
     registry = load_registry(None)
     uncached = {spec.name for spec in registry.specs() if not spec.cacheable}
     saving = {"save_image", "show_image"}
     seeded = {"noise", "txt2img", "img2img"}  # an empty seed is random
-    assert uncached == {"rand_int", "rand_float", *saving, *seeded}
+    # Their outputs or inputs name inference tensors, which vanish with their process.
+    tensors = {"prompt", "denoise_latents", "i2l", "l2i"}
+    assert uncached == {"rand_int", "rand_float", *saving, *seeded, *tensors}
 
 
 def test_iterate_and_collect_are_generic_in_the_item_type():

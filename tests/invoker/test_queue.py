@@ -23,9 +23,15 @@ from services.invoker.queue.batch import (
     BatchMode,
     expand_batch,
 )
-from services.invoker.queue.items import INVOKER_RESTARTED, QueueItem, QueueItemStatus
+from services.invoker.queue.items import (
+    INVOKER_RESTARTED,
+    QueueItem,
+    QueueItemStatus,
+    QueueStore,
+)
 from services.invoker.queue.queue import InvocationQueue
 from services.invoker.queue.sqlite_store import SqliteQueueStore
+from services.invoker.queue.stores import open_queue_store
 
 PENDING, RUNNING = QueueItemStatus.PENDING, QueueItemStatus.RUNNING
 COMPLETED, FAILED, CANCELLED = (
@@ -50,7 +56,7 @@ class Recorder:
 
 
 async def open_queue(
-    path: Path, recorder: Recorder, store: SqliteQueueStore | None = None
+    path: Path, recorder: Recorder, store: QueueStore | None = None
 ) -> InvocationQueue:
     queue = InvocationQueue(
         store or SqliteQueueStore(path),
@@ -67,8 +73,13 @@ def recorder() -> Recorder:
 
 
 @pytest.fixture
-async def queue(tmp_path: Path, recorder: Recorder) -> AsyncIterator[InvocationQueue]:
-    queue = await open_queue(tmp_path / "invoker.db", recorder)
+async def queue(
+    tmp_path: Path, recorder: Recorder, database_url: str
+) -> AsyncIterator[InvocationQueue]:
+    """The queue on each engine (on PostgreSQL: one invoker process of a shared queue)."""
+    path = tmp_path / "invoker.db"
+    store = await asyncio.to_thread(open_queue_store, database_url, path, "test")
+    queue = await open_queue(path, recorder, store)
     yield queue
     await queue.close()
 
@@ -78,10 +89,15 @@ async def claim_soon(queue: InvocationQueue) -> QueueItem:
     return await asyncio.wait_for(queue.claim(), timeout=10)
 
 
-async def settle() -> None:
-    """Let every task that can run do so (no wall-clock wait)."""
-    for _ in range(20):
+async def settle(queue: InvocationQueue) -> None:
+    """Returns once every task started so far has got as far as it can, so a claim that
+    should not succeed has had every chance to. Each pass lets the ready tasks run up to
+    their next store call, then makes a store call itself: the queue's one store thread
+    runs calls in order, so when ours is answered theirs are too, and their answers have
+    reached them first. A second pass covers a task whose answer leads to another call."""
+    for _ in range(2):
         await asyncio.sleep(0)
+        await queue.status()
 
 
 async def test_items_run_by_priority_then_in_queue_order(queue: InvocationQueue) -> None:
@@ -131,7 +147,7 @@ async def test_the_next_item_is_claimed_the_moment_the_previous_finishes(
     assert (await claim_soon(queue)).id == first.id
 
     waiting = asyncio.create_task(queue.claim())
-    await settle()
+    await settle(queue)
     assert not waiting.done(), "a second item started while one was RUNNING"
 
     await queue.finish(first.id, COMPLETED)
@@ -146,7 +162,7 @@ async def test_the_next_item_is_claimed_the_moment_the_previous_finishes(
 
 async def test_an_idle_claimer_wakes_on_enqueue_and_on_resume(queue: InvocationQueue) -> None:
     waiting = asyncio.create_task(queue.claim())
-    await settle()
+    await settle(queue)
     assert not waiting.done()
     item = await queue.enqueue("s1")
     assert (await asyncio.wait_for(waiting, timeout=10)).id == item.id
@@ -155,7 +171,7 @@ async def test_an_idle_claimer_wakes_on_enqueue_and_on_resume(queue: InvocationQ
     await queue.pause()
     waiting = asyncio.create_task(queue.claim())
     later = await queue.enqueue("s2")
-    await settle()
+    await settle(queue)
     assert not waiting.done(), "an item started while the queue was paused"
     status = await queue.resume()
     assert not status.paused
@@ -230,7 +246,8 @@ async def test_a_cancel_that_arrives_during_the_claim_is_honoured(
         assert (await asyncio.to_thread(store.get, doomed.id)).status is RUNNING
 
         cancelling = asyncio.create_task(queue.cancel(doomed.id))
-        await settle()
+        await asyncio.sleep(0)  # the cancel starts and notes its request before any wait
+        assert queue.cancel_requested(doomed.id), "the cancel arrives during the claim"
         store.release.set()
 
         assert (await asyncio.wait_for(cancelling, timeout=10)).status is CANCELLED
@@ -265,7 +282,7 @@ async def test_clear_queue_during_a_run_cancels_the_pending_and_lets_the_run_fin
 
     waiting = asyncio.create_task(queue.claim())
     await queue.finish(running.id, COMPLETED)
-    await settle()
+    await settle(queue)
     assert not waiting.done(), "a cleared item ran"
     waiting.cancel()
     with pytest.raises(asyncio.CancelledError):

@@ -1,10 +1,15 @@
 """The session manager over its SQLite stores: a session reloaded after a restart has the
 same graph, results, history and status, and goes on from where it stopped without running
-a node again (fan-out runs and failures included); the stores' writes never contend; and
+a node again (fan-out runs and failures included); the stores' writes never contend; a
+failing store never stops the queue and a failed save is logged; a refused CreateSession or
+batch keeps nothing; a watch's snapshots are the sessions as they were when it began; and
 previews are asked for only while a watch wants them."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -12,24 +17,56 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
+from google.protobuf import json_format
+from structlog.testing import capture_logs
+
+from easel.invoker.v1 import graph_pb2
+from easel.invoker.v1 import session_service_pb2 as pb
+from services.common.errors import FailedPreconditionError
+from services.common.model_taxonomy import ModelType
+from services.invoker import session_convert
 from services.invoker.execution.state import NodeFailure
+from services.invoker.invocations.model_defaults import DefaultModels, SqliteDefaultModelStore
+from services.invoker.queue.batch import BatchField, BatchMode
+from services.invoker.queue.items import QueueItem, QueueItemStatus
 from services.invoker.queue.sqlite_store import SqliteQueueStore
-from services.invoker.sessions.manager import SessionManager, SessionStatus
+from services.invoker.session_servicer import SessionServicer
+from services.invoker.sessions.events import SessionSnapshot
+from services.invoker.sessions.manager import SessionManager, SessionStatus, graph_json
 from services.invoker.sessions.store import SessionChange, SqliteSessionStore
+from services.invoker.sessions.writer import WriterDefaultModelStore, database_writer
 from tests.invoker.test_execution import REGISTRY, context, edge, node
 
+WAIT_S = 10
+"""Only turns a hang (a jammed queue) into a failure."""
 
-async def open_manager(path: Path) -> SessionManager:
+
+async def open_manager(
+    path: Path,
+    *,
+    store: SqliteSessionStore | None = None,
+    queue_store: SqliteQueueStore | None = None,
+    writer: Any = None,
+) -> SessionManager:
     manager = SessionManager(
         REGISTRY,
-        SqliteSessionStore(path),
-        SqliteQueueStore(path),
+        store or SqliteSessionStore(path),
+        queue_store or SqliteQueueStore(path),
         lambda session_id, graph, progress: context,
         cache=None,
         failure_code=lambda failure: 2,
+        writer=writer,
     )
     await manager.start()
     return manager
+
+
+async def run_to_end(manager: SessionManager, session_id: str) -> SessionStatus:
+    item = await manager.invoke(session_id, run_all=True, priority=0)
+    done = await asyncio.wait_for(manager.wait(session_id), WAIT_S)
+    assert (await manager.queue.get(item.id)).status.terminal
+    return done.status
 
 
 def snapshot(manager: SessionManager, session_id: str) -> tuple:
@@ -249,3 +286,201 @@ async def test_generations_make_previews_only_while_a_watch_asks_for_them(tmp_pa
     await manager.queue.resume()
     await manager.wait(other.id)
     await manager.close()
+
+
+class FailsOnce(SqliteQueueStore):
+    """A queue store whose `failing` operation raises the first time it is called."""
+
+    def __init__(self, path: Path, failing: str) -> None:
+        super().__init__(path)
+        self.failing = failing
+        self.failures = 0
+
+    def _fail_once(self, name: str) -> None:
+        if name == self.failing and not self.failures:
+            self.failures += 1
+            raise sqlite3.OperationalError("disk I/O error")
+
+    def claim_next(self, now: datetime) -> QueueItem | None:
+        self._fail_once("claim_next")
+        return super().claim_next(now)
+
+    def finish(self, item_id: int, status: QueueItemStatus, error: Any, now: datetime) -> QueueItem:
+        self._fail_once("finish")
+        return super().finish(item_id, status, error, now)
+
+
+@pytest.mark.parametrize("failing", ["claim_next", "finish"])
+async def test_a_store_failure_in_the_runner_never_jams_the_queue(tmp_path, failing):
+    path = tmp_path / "sessions.db"
+    queue_store = FailsOnce(path, failing)
+    manager = await open_manager(path, queue_store=queue_store)
+    try:
+        first = manager.create([node("one", "integer", value=1)], [])
+        assert await run_to_end(manager, first.id) is SessionStatus.COMPLETED
+        assert queue_store.failures == 1
+        second = manager.create([node("two", "integer", value=2)], [])
+        assert await run_to_end(manager, second.id) is SessionStatus.COMPLETED
+        assert (await manager.queue.status()).counts[QueueItemStatus.COMPLETED] == 2
+    finally:
+        await manager.close()
+
+
+class FailingUpdates(SqliteSessionStore):
+    def update(self, change: SessionChange) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+
+async def test_a_failed_save_is_logged(tmp_path):
+    path = tmp_path / "sessions.db"
+    manager = await open_manager(path, store=FailingUpdates(path))
+    try:
+        session = manager.create([node("one", "integer", value=1)], [])
+        await manager.saved()
+        with capture_logs() as logs:
+            manager.add_node(session.id, node("two", "integer", value=2), [])
+            await manager.saved()
+        failed = [entry for entry in logs if entry["event"] == "writing a session failed"]
+        assert len(failed) == 1
+        assert failed[0]["log_level"] == "error"
+        assert isinstance(failed[0]["exc_info"], sqlite3.OperationalError)
+    finally:
+        await manager.close()
+
+
+async def test_a_batch_that_fails_part_way_leaves_no_session_and_no_item(tmp_path):
+    path = tmp_path / "sessions.db"
+    manager = await open_manager(path)
+    await manager.queue.pause()
+    with sqlite3.connect(path) as db:  # the third item's insert fails, as a full disk would
+        db.execute(
+            "CREATE TRIGGER full BEFORE INSERT ON queue_items "
+            "WHEN (SELECT COUNT(*) FROM queue_items) >= 2 "
+            "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
+        )
+    batch = BatchField("n", "value", [1, 2, 3])
+    with pytest.raises(sqlite3.IntegrityError):
+        await manager.enqueue_batch(
+            [node("n", "integer")], [], [batch], BatchMode.ZIP, run_all=True, priority=0
+        )
+    assert manager.list([]) == []
+    items, _ = await manager.queue.list_items()
+    assert items == []
+    await manager.close()
+
+    reopened = await open_manager(path)
+    assert reopened.list([]) == []
+    await reopened.close()
+
+
+async def test_a_create_session_whose_reply_fails_keeps_no_session(tmp_path, monkeypatch):
+    manager = await open_manager(tmp_path / "sessions.db")
+    servicer = SessionServicer(manager)
+    request = pb.CreateSessionRequest(graph=graph_pb2.Graph(nodes=[graph_pb2.Node(id="one")]))
+    request.graph.nodes[0].type = "integer"
+
+    def broken(*args: Any) -> None:
+        raise RuntimeError("the reply could not be made")
+
+    monkeypatch.setattr(session_convert, "session_to_pb", broken)
+    with pytest.raises(RuntimeError):
+        await servicer.CreateSession(request, None)  # type: ignore[arg-type]
+    assert manager.list([]) == []
+    await manager.close()
+
+    reopened = await open_manager(tmp_path / "sessions.db")
+    assert reopened.list([]) == []
+    await reopened.close()
+
+
+async def test_a_watch_snapshot_is_the_session_as_it_was_when_the_watch_began(tmp_path):
+    manager = await open_manager(tmp_path / "sessions.db")
+    first = manager.create([node("one", "integer", value=1)], [])
+    second = manager.create([node("one", "integer", value=1)], [])
+    watch = manager.watch([first.id, second.id])
+    stamped = (await anext(watch)).event
+    began = stamped.time
+    # The watcher is slow: both sessions change before it reads the second snapshot.
+    for session in (first, second):
+        manager.add_node(session.id, node("two", "integer", value=2), [])
+    await run_to_end(manager, second.id)
+    later = (await anext(watch)).event
+
+    for snapshot in (stamped, later):
+        assert isinstance(snapshot.event, SessionSnapshot)
+        assert snapshot.time == began
+        assert [n.id for n in snapshot.event.session.nodes] == ["one"]
+        assert snapshot.event.session.status is SessionStatus.IDLE
+        assert snapshot.event.session.executed == ()
+        message = session_convert.session_to_pb(snapshot.event.session)
+        assert [n.id for n in message.graph.nodes] == ["one"]
+        assert list(message.state.pending_node_ids) == ["one"]
+    await watch.aclose()
+    await manager.close()
+
+
+async def test_the_easel_graph_chunk_is_the_graph_message_in_its_json_form(tmp_path):
+    manager = await open_manager(tmp_path / "sessions.db")
+    session = manager.create(
+        [node("two", "integer", value=2), node("plus", "add", b=3), node("times", "mul", b=4)],
+        [edge("two.value", "plus.a"), edge("plus.value", "times.a")],
+    )
+    chunk = json.dumps(graph_json(session.graph))
+
+    parsed = json_format.Parse(chunk, graph_pb2.Graph())
+
+    assert parsed == session_convert.session_to_pb(session).graph
+    expected = json_format.MessageToJson(parsed, preserving_proto_field_name=True)
+    assert json.loads(chunk) == json.loads(expected)
+    await manager.close()
+
+
+async def test_an_edge_into_an_iterate_created_without_a_collection_is_accepted(tmp_path):
+    manager = await open_manager(tmp_path / "sessions.db")
+    session = manager.create(
+        [node("it", "iterate"), node("times", "mul", b=10)], [edge("it.item", "times.a")]
+    )
+    assert session.status is SessionStatus.IDLE
+    assert session.execution.pending_ids() == ["it", "times"]
+    with pytest.raises(FailedPreconditionError) as refused:
+        await manager.invoke(session.id, run_all=True, priority=0)
+    assert refused.value.reason == "NOTHING_TO_RUN"
+
+    manager.add_node(session.id, node("range", "range", start=1, stop=3), [])
+    manager.add_edge(session.id, edge("range.collection", "it.collection"))
+    assert await run_to_end(manager, session.id) is SessionStatus.COMPLETED
+    results = session.execution.state.results
+    assert [results[f"times#{i}"].outputs["value"] for i in (0, 1)] == [10, 20]
+    await manager.close()
+
+
+async def test_default_model_writes_run_on_the_sessions_writer_thread(tmp_path):
+    """The default models share sessions.db with the sessions and the queue, so their
+    writes go on the one writer thread too, never overlapping the others."""
+    path = tmp_path / "sessions.db"
+    threads: dict[str, set[str]] = {"sessions": set(), "defaults": set()}
+
+    class Sessions(SqliteSessionStore):
+        def update(self, change: SessionChange) -> None:
+            threads["sessions"].add(threading.current_thread().name)
+            super().update(change)
+
+    class Defaults(SqliteDefaultModelStore):
+        def put(self, model_type: ModelType, model_key: str, update_time: datetime) -> None:
+            threads["defaults"].add(threading.current_thread().name)
+            super().put(model_type, model_key, update_time)
+
+    writer = database_writer()
+    manager = await open_manager(path, store=Sessions(path), writer=writer)
+    defaults = await asyncio.to_thread(
+        DefaultModels, WriterDefaultModelStore(Defaults(path), writer), {}
+    )
+    session = manager.create([node("one", "integer", value=1)], [])
+    await run_to_end(manager, session.id)
+    await asyncio.to_thread(defaults.set, ModelType.MAIN, "key", ModelType.MAIN)
+    await manager.close()
+    await asyncio.to_thread(defaults.close)
+    writer.shutdown()
+
+    assert len(threads["sessions"]) == 1
+    assert threads["defaults"] == threads["sessions"]

@@ -1,10 +1,15 @@
 """The invoker's use of the inference service: generations as awaitable calls.
 
-Each call creates one generation, waits for it to end and returns its result as plain
-values (PNG bytes or a tensor name). Cancelling the awaiting task, or setting the caller's
-`cancelled` event, cancels the generation in the inference service too, so a cancelled
-node never leaves the GPU busy. Progress events of the generation (with their previews)
-reach `on_progress`, and its model loads `on_model_load`.
+Each call runs one generation in one RunGeneration stream and returns its result as plain
+values (PNG bytes or a tensor name). The stream carries every event of the generation from
+before it was queued, so the progress events (with their previews) reaching `on_progress`
+and the model loads reaching `on_model_load` are all of them, in order. Cancelling the
+awaiting task, or setting the caller's `cancelled` event, ends the stream, which cancels
+the generation in the inference service too, so a cancelled node never leaves the GPU busy.
+
+Several inference workers may serve the invoker (see `inference_workers`); the client's
+routing is on `InferenceClient`. A worker that goes away fails the generations it was
+running, and those that need its tensors, with INFERENCE_WORKER_LOST (UNAVAILABLE).
 
 A preview costs the inference service a copy of the latents off the device, a colour
 mapping and a PNG per step, and the event its bytes, so one is asked for only when the
@@ -16,22 +21,37 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any, Generic, TypeVar
 
 import grpc
 
 from easel.inference.v1 import generation_service_pb2 as pb
-from easel.inference.v1 import generation_service_pb2_grpc
+from easel.inference.v1 import generation_service_pb2_grpc, tensor_store_service_pb2_grpc
+from easel.inference.v1 import tensor_store_service_pb2 as tensor_pb
 from services.common import errors
 from services.common.channels import open_channel
 from services.common.error_status import ERROR_BY_CODE, from_rpc_error
 from services.common.settings import CommonSettings
+from services.invoker.clients.inference_workers import (
+    SERVICE_CONFIG,
+    Worker,
+    WorkerChannels,
+    balanced_target,
+    resolve_workers,
+)
 
-CANCEL_TIMEOUT_S = 10.0
-RELAY_DRAIN_S = 5.0
-"""How long a finished generation's last events may take to be relayed."""
+INFERENCE_WORKER_LOST = "INFERENCE_WORKER_LOST"
+"""Reason of a node whose worker went away with its generation or its input tensors."""
+INFERENCE_UNAVAILABLE = "INFERENCE_UNAVAILABLE"
+LOOKUP_S = 5.0
+"""Deadline of asking one worker whether it holds a tensor."""
+REMEMBERED_TENSORS = 100_000
+"""Tensor names whose worker the client remembers (older ones are asked for again)."""
+REMEMBERED_SESSIONS = 10_000
 
 
 @dataclass(frozen=True)
@@ -61,14 +81,18 @@ class ModelLoad:
     error_type: str = ""
     error: str = ""
     error_code: int = 0
+    time: datetime | None = None
+    """When it happened, by the inference service's clock."""
 
 
-ProgressCallback = Callable[[int, int, Preview | None], None]
-"""Called with (step, total_steps, preview or None) as a generation advances."""
+ProgressCallback = Callable[[int, int, Preview | None, datetime], None]
+"""Called with (step, total_steps, preview or None, when the step ended by the inference
+service's clock) as a generation advances."""
 PreviewsWanted = Callable[[str], bool]
 """Whether anyone wants the previews of a session's generations now, by session id."""
 ModelLoadCallback = Callable[[ModelLoad], None]
 
+V = TypeVar("V")
 _STATUS_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
 
 
@@ -115,17 +139,40 @@ class Sampling:
 
 
 class InferenceClient:
-    """Runs generations in the inference service; build it inside the event loop."""
+    """Runs generations on the inference workers; build it inside the event loop.
+
+    A whole generation (txt2img, img2img, upscale) goes to any worker, over the balanced
+    channel. A building block goes to the worker that holds its input tensors, which the
+    client remembers from the generations that made them (and otherwise asks the workers
+    for); one without inputs goes to the worker of its session's earlier blocks, so a
+    graph's tensors meet in one worker, or, for a session's first block, to the next
+    worker in turn.
+    """
 
     def __init__(
         self, settings: CommonSettings, previews_wanted: PreviewsWanted = lambda _session: True
     ) -> None:
         self._previews_wanted = previews_wanted
-        self._channel = open_channel(settings.inference_address, settings)
-        self._stub = generation_service_pb2_grpc.GenerationServiceStub(self._channel)
+        self._address = settings.inference_address
+        config = [("grpc.service_config", SERVICE_CONFIG)]
+        self._balanced = open_channel(balanced_target(self._address), settings, options=config)
+        self._any_worker = generation_service_pb2_grpc.GenerationServiceStub(self._balanced)
+        tls = settings.tls_cert_file is not None or settings.tls_ca_file is not None
+
+        def open_worker(worker: Worker) -> grpc.aio.Channel:
+            options = list(config)
+            if tls and worker.tls_name:
+                options.append(("grpc.ssl_target_name_override", worker.tls_name))
+            return open_channel(worker.target, settings, options=options)
+
+        self._workers = WorkerChannels(open_worker)
+        self._owners: _Recent[Worker] = _Recent(REMEMBERED_TENSORS)
+        self._session_workers: _Recent[Worker] = _Recent(REMEMBERED_SESSIONS)
+        self._turn = 0
 
     async def close(self) -> None:
-        await self._channel.close()
+        await self._balanced.close()
+        await self._workers.close()
 
     async def text_to_image(
         self,
@@ -157,7 +204,7 @@ class InferenceClient:
             loras=_loras(loras),
             embedding_keys=embedding_keys,
         )
-        return _image(await self._run(origin, text_to_image=operation))
+        return _image(await self._whole(origin, text_to_image=operation))
 
     async def image_to_image(
         self,
@@ -187,13 +234,13 @@ class InferenceClient:
             loras=_loras(loras),
             embedding_keys=embedding_keys,
         )
-        return _image(await self._run(origin, image_to_image=operation))
+        return _image(await self._whole(origin, image_to_image=operation))
 
     async def upscale(
         self, model_key: str, image_png: bytes, scale: float | None, origin: Origin = Origin()
     ) -> GeneratedImage:
         operation = pb.Upscale(upscaler_model_key=model_key, image_png=image_png, scale=scale)
-        return _image(await self._run(origin, upscale=operation))
+        return _image(await self._whole(origin, upscale=operation))
 
     async def encode_prompt(
         self,
@@ -207,14 +254,14 @@ class InferenceClient:
         operation = pb.EncodePrompt(
             model_key=model_key, prompt=prompt, loras=_loras(loras), embedding_keys=embedding_keys
         )
-        return _tensor(await self._run(origin, encode_prompt=operation))
+        return _tensor(await self._block(origin, (), encode_prompt=operation))
 
     async def create_noise(
         self, seed: int | None, width: int, height: int, origin: Origin = Origin()
     ) -> str:
         """The name of a noise tensor for an image of width x height."""
         operation = pb.CreateNoise(seed=seed, width=width, height=height)
-        return _tensor(await self._run(origin, create_noise=operation))
+        return _tensor(await self._block(origin, (), create_noise=operation))
 
     async def denoise_latents(
         self,
@@ -243,105 +290,245 @@ class InferenceClient:
             denoising_end=denoising_end,
             loras=_loras(loras),
         )
-        return _tensor(await self._run(origin, denoise_latents=operation))
+        inputs = (positive_conditioning, negative_conditioning, noise, latents)
+        return _tensor(await self._block(origin, inputs, denoise_latents=operation))
 
     async def decode_latents(
         self, model_key: str, latents: str, origin: Origin = Origin()
     ) -> GeneratedImage:
         operation = pb.DecodeLatents(latents=latents, model_key=model_key)
-        return _image(await self._run(origin, decode_latents=operation))
+        return _image(await self._block(origin, (latents,), decode_latents=operation))
 
     async def encode_image(
         self, model_key: str, image_png: bytes, origin: Origin = Origin()
     ) -> str:
         """The name of the image's latents tensor."""
         operation = pb.EncodeImage(image_png=image_png, model_key=model_key)
-        return _tensor(await self._run(origin, encode_image=operation))
+        return _tensor(await self._block(origin, (), encode_image=operation))
 
-    async def _run(self, origin: Origin, **operation: object) -> pb.Generation:
-        """Create the generation, wait for its end and return it once COMPLETED."""
+    # --- routing ----------------------------------------------------------------------------
+
+    async def _whole(self, origin: Origin, **operation: object) -> pb.Generation:
+        """A generation on any worker (gRPC's round robin picks it)."""
+        try:
+            return await self._run(self._any_worker, origin, **operation)
+        except _NotStarted as not_started:
+            raise not_started.error from None
+
+    async def _block(
+        self, origin: Origin, inputs: Sequence[str], **operation: object
+    ) -> pb.Generation:
+        """A building block on the worker that holds `inputs`; without inputs, on its
+        session's worker, or the next one that can be reached."""
+        names = [name for name in inputs if name]
+        if names:
+            candidates = [await self._owner(names, origin.session_id)]
+        else:
+            candidates = await self._candidates(origin.session_id)
+        if not candidates:
+            raise errors.UnavailableError(
+                f"no inference worker found at {self._address}",
+                reason=INFERENCE_UNAVAILABLE,
+                metadata={"address": self._address},
+            )
+        for index, worker in enumerate(candidates):
+            stub = generation_service_pb2_grpc.GenerationServiceStub(self._workers.get(worker))
+            try:
+                generation = await self._run(stub, origin, worker, **operation)
+            except _NotStarted as not_started:
+                if names:
+                    raise _lost(worker, not_started.error, tensors=names) from None
+                if index == len(candidates) - 1:
+                    raise not_started.error from None
+                continue
+            if origin.session_id:
+                self._session_workers.put(origin.session_id, worker)
+            if generation.result.HasField("tensor"):
+                self._owners.put(generation.result.tensor.name, worker)
+            return generation
+        raise AssertionError("unreachable: the last candidate returns or raises")
+
+    async def _owner(self, names: Sequence[str], session_id: str) -> Worker:
+        """The worker holding the first of `names` that one is known to hold; for names
+        made before this client (another invoker, a restart) the workers are asked. When
+        none holds them, the session's worker, whose answer then says they are missing."""
+        for name in names:
+            known = self._owners.get(name)
+            if known is not None:
+                return known
+        workers = await resolve_workers(self._address)
+        for worker in workers:
+            stub = tensor_store_service_pb2_grpc.TensorStoreServiceStub(self._workers.get(worker))
+            try:
+                await stub.GetTensor(tensor_pb.GetTensorRequest(name=names[0]), timeout=LOOKUP_S)
+            except grpc.aio.AioRpcError:
+                continue
+            self._owners.put(names[0], worker)
+            return worker
+        candidates = await self._candidates(session_id)
+        if not candidates:
+            raise errors.UnavailableError(
+                f"no inference worker found at {self._address}",
+                reason=INFERENCE_UNAVAILABLE,
+                metadata={"address": self._address},
+            )
+        return candidates[0]
+
+    async def _candidates(self, session_id: str) -> list[Worker]:
+        """Where a block without inputs may run, best first: the session's worker, then
+        every worker in turn from the next one, those seen down last."""
+        workers = await resolve_workers(self._address)
+        self._turn += 1
+        if workers:
+            shift = self._turn % len(workers)
+            workers = workers[shift:] + workers[:shift]
+        workers.sort(key=self._workers.looks_down)
+        pinned = self._session_workers.get(session_id) if session_id else None
+        if pinned is not None and pinned in workers:
+            workers.remove(pinned)
+            workers.insert(0, pinned)
+        return workers
+
+    # --- one generation ---------------------------------------------------------------------
+
+    async def _run(
+        self,
+        stub: generation_service_pb2_grpc.GenerationServiceStub,
+        origin: Origin,
+        worker: Worker | None = None,
+        **operation: object,
+    ) -> pb.Generation:
+        """Run a generation in one RunGeneration call, relaying its events, and return it
+        once COMPLETED. Cancelling the awaiting task or setting `origin.cancelled` ends the
+        call, which cancels the generation in its worker."""
         previews = origin.previews and self._previews_wanted(origin.session_id)
         preview = pb.PREVIEW_MODE_EVERY_STEP if previews else pb.PREVIEW_MODE_NONE
-        request = pb.CreateGenerationRequest(
-            session_id=origin.session_id,
-            invocation_id=origin.invocation_id,
-            preview=preview,
-            **operation,
+        request = pb.RunGenerationRequest(
+            generation=pb.CreateGenerationRequest(
+                session_id=origin.session_id,
+                invocation_id=origin.invocation_id,
+                preview=preview,
+                **operation,
+            )
         )
-        created = await self._call(self._stub.CreateGeneration(request))
-        generation_id = created.generation.id
-        watch = (
-            asyncio.create_task(self._relay_events(generation_id, origin))
-            if origin.on_progress is not None or origin.on_model_load is not None
-            else None
-        )
+        call = stub.RunGeneration()
+        stream = _Stream(call, origin, worker)
+        reading = asyncio.ensure_future(stream.read(request))
+        flagged = asyncio.ensure_future(origin.cancelled.wait()) if origin.cancelled else None
         try:
-            generation = await self._wait(generation_id, origin.cancelled)
-            if watch is not None:
-                # The watch ends by itself after the generation's last event: relay them all.
-                await asyncio.wait({watch}, timeout=RELAY_DRAIN_S)
+            await asyncio.wait({reading, flagged} - {None}, return_when=asyncio.FIRST_COMPLETED)
+            if not reading.done():  # cancelled by the origin: the stream goes on to the end
+                with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                    await call.write(pb.RunGenerationRequest(cancel=pb.RunGenerationCancel()))
+                await reading
         except asyncio.CancelledError:
-            await asyncio.shield(self._cancel(generation_id))
+            call.cancel()
+            reading.cancel()
             raise
         finally:
-            if watch is not None:
-                watch.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await watch
-        return _completed(generation)
-
-    async def _wait(self, generation_id: str, cancelled: asyncio.Event | None) -> pb.Generation:
-        """The finished generation; setting `cancelled` cancels it and still waits for it."""
-        waiting = asyncio.ensure_future(
-            self._call(self._stub.WaitGeneration(pb.WaitGenerationRequest(id=generation_id)))
-        )
-        if cancelled is not None:
-            flagged = asyncio.ensure_future(cancelled.wait())
-            try:
-                await asyncio.wait({waiting, flagged}, return_when=asyncio.FIRST_COMPLETED)
-            except asyncio.CancelledError:
-                waiting.cancel()
-                raise
-            finally:
+            if flagged is not None:
                 flagged.cancel()
-            if not waiting.done():
-                await self._cancel(generation_id)
+        return _completed(reading.result())
+
+
+class _NotStarted(Exception):
+    """A RunGeneration call found no worker to take it: nothing was created."""
+
+    def __init__(self, error: errors.EaselError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+class _Stream:
+    """One RunGeneration call read to its end: its events relayed to the origin, the
+    generation's last snapshot returned."""
+
+    def __init__(self, call: Any, origin: Origin, worker: Worker | None) -> None:
+        self._call = call
+        self._origin = origin
+        self._worker = worker
+        self.generation_id = ""
+
+    async def read(self, request: pb.RunGenerationRequest) -> pb.Generation:
+        last: pb.Generation | None = None
         try:
-            return (await waiting).generation
-        except asyncio.CancelledError:
-            waiting.cancel()
-            raise
-
-    async def _cancel(self, generation_id: str) -> None:
-        request = pb.CancelGenerationRequest(id=generation_id)
-        with contextlib.suppress(grpc.aio.AioRpcError):
-            await self._stub.CancelGeneration(request, timeout=CANCEL_TIMEOUT_S)
-
-    async def _relay_events(self, generation_id: str, origin: Origin) -> None:
-        """Passes the generation's progress and model loads to the origin's callbacks."""
-        request = pb.WatchInferenceEventsRequest(generation_ids=[generation_id])
-        with contextlib.suppress(grpc.aio.AioRpcError):
-            async for response in self._stub.WatchInferenceEvents(request):
+            await self._call.write(request)
+            async for response in self._call:
                 event = response.event
-                kind = event.WhichOneof("payload")
-                if kind == "generation_progress" and origin.on_progress is not None:
-                    progress = event.generation_progress
-                    preview = None
-                    if progress.HasField("preview"):
-                        shown = progress.preview
-                        preview = Preview(shown.png, shown.width, shown.height)
-                    origin.on_progress(progress.step, progress.total_steps, preview)
-                elif kind in _LOAD_PHASES and origin.on_model_load is not None:
-                    origin.on_model_load(_model_load(_LOAD_PHASES[kind], getattr(event, kind)))
-
-    @staticmethod
-    async def _call(call):
-        try:
-            return await call
+                if event.HasField("generation_snapshot"):
+                    last = event.generation_snapshot.generation
+                    self.generation_id = last.id
+                else:
+                    _relay(event, self._origin)
         except grpc.aio.AioRpcError as error:
-            raise from_rpc_error(error) from None
+            failure = from_rpc_error(error)
+            if error.code() is not grpc.StatusCode.UNAVAILABLE:
+                raise failure from None
+            if not self.generation_id:
+                raise _NotStarted(failure) from None
+            raise _lost(self._worker, failure, generation_id=self.generation_id) from None
+        if last is None or last.status in _UNFINISHED:
+            raise errors.InternalError(
+                f"the inference service ended generation {self.generation_id} without its end"
+            )
+        return last
 
 
+def _lost(
+    worker: Worker | None,
+    cause: errors.EaselError,
+    generation_id: str = "",
+    tensors: Sequence[str] = (),
+) -> errors.UnavailableError:
+    """The inference worker running a generation, or holding its input tensors, went away."""
+    where = f"inference worker {worker.target}" if worker else "the inference worker"
+    if tensors:
+        message = f"{where}, which holds tensor {tensors[0]}, cannot be reached: {cause.message}"
+    else:
+        message = f"{where} went away while running generation {generation_id}: {cause.message}"
+    metadata = {"worker": worker.target} if worker else {}
+    if generation_id:
+        metadata["generation_id"] = generation_id
+    return errors.UnavailableError(message, reason=INFERENCE_WORKER_LOST, metadata=metadata)
+
+
+def _relay(event: pb.InferenceEvent, origin: Origin) -> None:
+    """Passes a generation's progress and model loads to the origin's callbacks."""
+    kind = event.WhichOneof("payload")
+    if kind == "generation_progress" and origin.on_progress is not None:
+        progress = event.generation_progress
+        preview = None
+        if progress.HasField("preview"):
+            shown = progress.preview
+            preview = Preview(shown.png, shown.width, shown.height)
+        origin.on_progress(progress.step, progress.total_steps, preview, _time(event))
+    elif kind in _LOAD_PHASES and origin.on_model_load is not None:
+        load = _model_load(_LOAD_PHASES[kind], getattr(event, kind))
+        origin.on_model_load(replace(load, time=_time(event)))
+
+
+def _time(event: pb.InferenceEvent) -> datetime:
+    return event.time.ToDatetime(tzinfo=UTC)
+
+
+class _Recent(Generic[V]):
+    """The most recently put values by key, at most `size` of them."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._values: OrderedDict[str, V] = OrderedDict()
+
+    def put(self, key: str, value: V) -> None:
+        self._values[key] = value
+        self._values.move_to_end(key)
+        if len(self._values) > self._size:
+            self._values.popitem(last=False)
+
+    def get(self, key: str) -> V | None:
+        return self._values.get(key)
+
+
+_UNFINISHED = (pb.GENERATION_STATUS_QUEUED, pb.GENERATION_STATUS_RUNNING)
 _LOAD_PHASES = {
     "model_load_started": "started",
     "model_load_completed": "completed",

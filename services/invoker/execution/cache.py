@@ -2,8 +2,12 @@
 
 A node type that declares itself cacheable gives equal outputs for equal inputs without
 side effects, so its output is kept under a key made of its type, version and every input
-value (direct values and those that arrived by edges, as canonical JSON). The cache keeps
-the most recently used `max_entries` outputs; 0 turns it off.
+value (direct values and those that arrived by edges, as canonical JSON), taken once the
+node has resolved what its inputs leave to the invoker's state (an empty model input is
+the default model's key by then), so a changed default is a different key. A hit is used
+only while every image its output names is still stored; else the node runs again. Nodes
+whose outputs name inference tensors are not cacheable: a tensor can vanish with its
+process. The cache keeps the most recently used `max_entries` outputs; 0 turns it off.
 """
 
 from __future__ import annotations
@@ -30,8 +34,8 @@ class OutputCache:
 
     @staticmethod
     def key(invocation: BaseInvocation) -> str | None:
-        """The cache key of a node with all its inputs set; None for a type that may not
-        be cached."""
+        """The cache key of a node with all its inputs set and resolved; None for a type
+        that may not be cached."""
         cls = type(invocation)
         if not cls.cacheable:
             return None

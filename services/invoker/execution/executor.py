@@ -12,6 +12,8 @@ downstream of it until a collect, which gathers one list per run of what lies ou
 iterate, in index order (an empty collection gives []). Each node is expanded into its
 runs when it becomes ready, so runs are known only once the collections they range over
 are; runs of one node may fail independently, but its dependants wait for all of them.
+An iterate whose collection is neither set directly nor connected is not ready: it waits
+(pending, the session IDLE) for an edge into its collection, and expands once it has one.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from heapq import heapify, heappop, heappush
 from typing import Any
+
+from pydantic import BaseModel
 
 from services.common.errors import InvalidArgumentError, OperationCancelledError
 from services.invoker.execution.cache import OutputCache
@@ -43,8 +47,9 @@ from services.invoker.execution.state import (
 )
 from services.invoker.graphs.graph import Edge, Graph, GraphNode
 from services.invoker.graphs.readiness import is_ready, newly_ready, ready_nodes, topological_order
-from services.invoker.invocations.base import BaseInvocation
+from services.invoker.invocations.base import BaseInvocation, BaseOutput
 from services.invoker.invocations.context import InvocationContext
+from services.invoker.invocations.fields import ImageRef
 from services.invoker.invocations.iteration import CollectInvocation, IterateInvocation
 
 ContextFactory = Callable[[str, BaseInvocation, asyncio.Event], InvocationContext]
@@ -105,6 +110,8 @@ class GraphExecution:
         """Nodes whose every run succeeded."""
         self._failed: set[str] = set()
         """Nodes with a failed run (or that could not be expanded)."""
+        self._waiting: set[str] = set()
+        """Iterates waiting for an edge into their unset collection."""
         self._items: dict[str, dict[Index, int]] = {}
         """Per iterate: the index of each of its runs outside it -> its number of items."""
         self._ready: list[tuple[int, Index, str]] = []
@@ -117,15 +124,17 @@ class GraphExecution:
 
     @property
     def status(self) -> SettledStatus:
-        """IDLE while some node can still run (or the graph is empty); else FAILED when a
-        node failed (only failed nodes and their dependants are left), else COMPLETED."""
-        if self._ready or not self.graph.nodes:
+        """IDLE while some node can still run (or the graph is empty, or an iterate waits
+        for its collection); else FAILED when a node failed (only failed nodes and their
+        dependants are left), else COMPLETED."""
+        if self._ready or self._waiting or not self.graph.nodes:
             return SettledStatus.IDLE
         return SettledStatus.FAILED if self._failed else SettledStatus.COMPLETED
 
     @property
     def nothing_to_run(self) -> bool:
-        """No run is ready: every node has executed, failed or waits behind a failure."""
+        """No run is ready: every node has executed, failed, waits behind a failure or
+        waits for an edge into an iterate's collection."""
         return not self._ready
 
     def ready_ids(self) -> list[str]:
@@ -163,6 +172,7 @@ class GraphExecution:
     def edge_added(self, edge: Edge) -> None:
         """Takes in an edge just added: its destination waits for the new source."""
         destination = edge.destination.node_id
+        self._waiting.discard(destination)
         if destination in self._expanded:
             del self._expanded[destination]
             self._ready = [entry for entry in self._ready if entry[2] != destination]
@@ -310,17 +320,21 @@ class GraphExecution:
     async def _compute(
         self, node: GraphNode, index: Index, this_run: str, cancelled: asyncio.Event
     ) -> tuple[Any, bool]:
-        """The node's output for one run, from the cache when it may and can be."""
+        """The node's output for one run, from the cache when it may and can be: the key
+        is taken once the node has resolved its inputs, and a hit counts only while the
+        images it names are still stored."""
         values = self._inputs(node, index)
         if issubclass(node.type.cls, IterateInvocation):
             values["index"] = index[-1]
         invocation = node.type.cls.model_validate(values)
+        context = self._context(this_run, invocation, cancelled)
+        await invocation.resolve(context)
         key = OutputCache.key(invocation) if self._cache is not None else None
         if key is not None and self._cache is not None:
             cached = self._cache.get(key)
-            if cached is not None:
+            if cached is not None and await _images_exist(cached, context):
                 return cached, True
-        output = await invocation.invoke(self._context(this_run, invocation, cancelled))
+        output = await invocation.invoke(context)
         if key is not None and self._cache is not None:
             self._cache.put(key, output)
         return output, False
@@ -342,6 +356,9 @@ class GraphExecution:
             node_id = work.pop()
             if node_id in self._expanded:
                 continue
+            if self._awaits_collection(self.graph.nodes[node_id]):
+                self._waiting.add(node_id)
+                continue
             try:
                 scope, indexes = self._runs(self.graph.nodes[node_id])
             except Exception as exc:
@@ -358,6 +375,15 @@ class GraphExecution:
             if not indexes:
                 self._done.add(node_id)
                 work.extend(newly_ready(self.graph, node_id, self._done))
+
+    def _awaits_collection(self, node: GraphNode) -> bool:
+        """An iterate with neither a collection set nor an edge into it: it has no items
+        yet, rather than an empty list of them."""
+        return (
+            issubclass(node.type.cls, IterateInvocation)
+            and "collection" not in node.inputs
+            and "collection" not in self.graph.incoming(node.id)
+        )
 
     def _runs(self, node: GraphNode) -> tuple[tuple[str, ...], list[Index]]:
         """The scope of a node whose sources are done, and the indexes of its runs."""
@@ -420,3 +446,23 @@ class GraphExecution:
     def _value(self, edge: Edge, index: Index) -> Any:
         result = self.state.results[run_id(edge.source.node_id, index)]
         return getattr(result.output, edge.source.field)
+
+
+async def _images_exist(output: BaseOutput, context: InvocationContext) -> bool:
+    """Whether every image an output names (in lists and nested values too) is stored."""
+    found: list[ImageRef] = []
+    pending: list[Any] = [output]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, ImageRef):
+            found.append(value)
+        elif isinstance(value, BaseModel):
+            pending.extend(getattr(value, name) for name in type(value).model_fields)
+        elif isinstance(value, list | tuple):
+            pending.extend(value)
+        elif isinstance(value, dict):
+            pending.extend(value.values())
+    for image in found:
+        if not await context.images.exists(image):
+            return False
+    return True

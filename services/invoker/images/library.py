@@ -21,6 +21,7 @@ from typing import Any
 import structlog
 from PIL import Image
 
+from services.common.database_url import SQLITE_URL
 from services.common.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
@@ -35,7 +36,7 @@ from services.invoker.images.records import (
     ImageRecord,
     ImageRecordStore,
 )
-from services.invoker.images.sqlite_store import SqliteImageRecordStore
+from services.invoker.images.stores import open_image_records
 from services.invoker.images.thumbnails import make_thumbnail
 
 log = structlog.get_logger(__name__)
@@ -265,10 +266,12 @@ def open_image_library(
     max_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
     max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     check_session: SessionCheck | None = None,
+    database_url: str = SQLITE_URL,
 ) -> ImageLibrary:
-    """The library of the root's images: files in IMAGES_FOLDER, records in IMAGES_DB."""
+    """The library of the root's images: files in IMAGES_FOLDER, records in IMAGES_DB or
+    in the PostgreSQL database of `database_url`."""
     return ImageLibrary(
-        SqliteImageRecordStore(root / IMAGES_DB),
+        open_image_records(database_url, root / IMAGES_DB),
         ImageFiles(root / IMAGES_FOLDER),
         max_bytes=max_bytes,
         max_pixels=max_pixels,

@@ -76,7 +76,14 @@ class BaseInvocation(BaseModel):
     version: ClassVar[str] = "1.0.0"
     cacheable: ClassVar[bool] = True
     """Whether equal inputs always give an equal result without side effects, so a result
-    may be reused; random or saving nodes set False."""
+    may be reused; random or saving nodes set False, and so do nodes whose outputs name
+    what another process holds (inference tensors: gone when it restarts) or whose result
+    depends on state that is no input and that `resolve` cannot fill in."""
+
+    async def resolve(self, context: InvocationContext) -> None:
+        """Fills in inputs whose value the invoker's state decides rather than the graph
+        (a model input left empty takes the default model). Runs before the node-output
+        cache key is taken, so the key names what actually runs; by default nothing."""
 
     async def invoke(self, context: InvocationContext) -> BaseOutput:
         raise NotImplementedError

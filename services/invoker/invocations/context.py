@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol
 
 from services.common.errors import OperationCancelledError
@@ -24,6 +25,10 @@ class ImageAccess(Protocol):
 
     async def load_png(self, image: ImageRef) -> bytes:
         """The PNG bytes of a stored image; NotFoundError for an unknown name."""
+        ...
+
+    async def exists(self, image: ImageRef) -> bool:
+        """Whether the image is still stored (a cached output may name a deleted one)."""
         ...
 
     async def save_png(
@@ -42,8 +47,15 @@ class ProgressSink(Protocol):
     one (relayed as session events)."""
 
     def __call__(
-        self, step: int, total: int, message: str = "", preview: Preview | None = None
-    ) -> None: ...
+        self,
+        step: int,
+        total: int,
+        message: str = "",
+        preview: Preview | None = None,
+        time: datetime | None = None,
+    ) -> None:
+        """`time`: when the step ended, for a step relayed from the inference service."""
+        ...
 
 
 ModelLoadSink = Callable[[ModelLoad], None]
@@ -76,7 +88,9 @@ class InvocationContext:
         return Origin(
             session_id=self.session_id,
             invocation_id=self.node_id,
-            on_progress=lambda step, total, preview: self.progress(step, total, preview=preview),
+            on_progress=lambda step, total, preview, time: self.progress(
+                step, total, preview=preview, time=time
+            ),
             cancelled=self.cancelled,
             on_model_load=self.model_loads,
             previews=True,

@@ -114,6 +114,9 @@ class UpscaleInvocation(BaseInvocation):
         None, gt=0, le=16, description="Upscaling factor; empty: the model's own."
     )
 
+    async def resolve(self, context: InvocationContext) -> None:
+        self.model = ModelRef(key=await context.model_key("model", self.model, ModelType.UPSCALER))
+
     async def invoke(self, context: InvocationContext) -> ImageWithSizeOutput:
         key = await context.model_key("model", self.model, ModelType.UPSCALER)
         self.model = ModelRef(key=key)

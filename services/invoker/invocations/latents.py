@@ -3,6 +3,11 @@
 Each runs one generation in the inference service; the tensors stay there and edges carry
 their names, so the invoker never holds (or imports the library of) a tensor. Chained with
 the same seed and settings they give the pixels of txt2img.
+
+None of them is cached (`cacheable`): a tensor lives in the memory of one inference process
+until it is deleted or that process stops, so a cached name could point at nothing; and a
+prompt's meaning also depends on the embeddings installed when it runs. The decode stores
+a new image, a side effect, and its input names a tensor only one denoise made.
 """
 
 from __future__ import annotations
@@ -62,6 +67,7 @@ class PromptInvocation(BaseInvocation):
     invocation_type: ClassVar[str] = "prompt"
     title: ClassVar[str] = "Prompt"
     category: ClassVar[str] = "conditioning"
+    cacheable: ClassVar[bool] = False  # names a tensor; `<name>` depends on what is installed
     prompt: str = InputField("", description=PROMPT_DESCRIPTION.format(what="The prompt;"))
     model: ModelRef | None = InputField(None, description="Main model; empty: the default.")
     loras: list[LoraRef] = InputField([], description="LoRAs applied to the text encoder.")
@@ -104,6 +110,7 @@ class DenoiseLatentsInvocation(BaseInvocation):
 
     invocation_type: ClassVar[str] = "denoise_latents"
     category: ClassVar[str] = "latents"
+    cacheable: ClassVar[bool] = False  # names a tensor of the inference service
     positive_conditioning: ConditioningRef = InputField(
         kind=InputKind.CONNECTION, description="What the image should show."
     )
@@ -147,6 +154,7 @@ class LatentsToImageInvocation(BaseInvocation):
     invocation_type: ClassVar[str] = "l2i"
     title: ClassVar[str] = "Latents to Image"
     category: ClassVar[str] = "latents"
+    cacheable: ClassVar[bool] = False  # stores an image
     latents: LatentsRef = InputField(kind=InputKind.CONNECTION, description="The latents.")
     model: ModelRef | None = InputField(None, description="Main model; empty: the default.")
 
@@ -165,6 +173,7 @@ class ImageToLatentsInvocation(BaseInvocation):
     invocation_type: ClassVar[str] = "i2l"
     title: ClassVar[str] = "Image to Latents"
     category: ClassVar[str] = "latents"
+    cacheable: ClassVar[bool] = False  # names a tensor of the inference service
     image: ImageRef = InputField(description="The image.")
     model: ModelRef | None = InputField(None, description="Main model; empty: the default.")
 

@@ -2,8 +2,9 @@
 like `txt2img | upscale | show_image` need no model key.
 
 A type's default is, in order: the one set through the API (kept in the invoker's SQLite
-file, so it survives a restart and needs none), the `default_models` setting, the only
-installed model of the type. Set defaults win over the setting so that a client (e.g.
+file or PostgreSQL database, so it survives a restart and needs none; invoker processes
+sharing a database share them), the `default_models` setting, the only installed model
+of the type. Set defaults win over the setting so that a client (e.g.
 `easel demo install`) can choose a default on a running invoker whatever its settings.
 """
 
@@ -17,9 +18,12 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 
+from services.common.database_url import postgres_url
 from services.common.errors import InvalidArgumentError, NotFoundError
+from services.common.migrations import Migration
 from services.common.model_taxonomy import ModelType
 from services.common.sqlite_files import open_wal_database
+from services.invoker.postgres_pool import DEFAULTS_CHANNEL, PostgresPool, notify
 
 
 class DefaultSource(StrEnum):
@@ -93,6 +97,69 @@ class SqliteDefaultModelStore(DefaultModelStore):
         self._db.close()
 
 
+_POSTGRES_MIGRATIONS = [
+    Migration(
+        1,
+        (
+            "CREATE TABLE invoker_default_models (model_type TEXT PRIMARY KEY, "
+            "model_key TEXT NOT NULL, update_time TIMESTAMPTZ NOT NULL)",
+        ),
+    )
+]
+
+
+class PostgresDefaultModelStore(DefaultModelStore):
+    """Set defaults in the `invoker_default_models` table, shared by every invoker process
+    of the database; a change is announced on DEFAULTS_CHANNEL as `owner`, so the other
+    processes reload."""
+
+    def __init__(self, url: str, owner: str) -> None:
+        self._owner = owner
+        self._pool = PostgresPool(url, "invoker_default_models", _POSTGRES_MIGRATIONS, max_size=2)
+
+    def load(self) -> list[DefaultModel]:
+        with self._pool.connection() as db:
+            rows = db.execute(
+                "SELECT model_type, model_key, update_time FROM invoker_default_models"
+            ).fetchall()
+        known = {member.value for member in ModelType}
+        return [
+            DefaultModel(ModelType(model_type), key, DefaultSource.SET, time)
+            for model_type, key, time in rows
+            if model_type in known
+        ]
+
+    def put(self, model_type: ModelType, model_key: str, update_time: datetime) -> None:
+        with self._pool.connection() as db, db.transaction():
+            db.execute(
+                "INSERT INTO invoker_default_models VALUES (%s, %s, %s) ON CONFLICT (model_type) "
+                "DO UPDATE SET model_key = EXCLUDED.model_key, update_time = EXCLUDED.update_time",
+                (model_type.value, model_key, update_time),
+            )
+            notify(db, DEFAULTS_CHANNEL, f"{self._owner} changed")
+
+    def delete(self, model_type: ModelType) -> None:
+        with self._pool.connection() as db, db.transaction():
+            db.execute(
+                "DELETE FROM invoker_default_models WHERE model_type = %s", (model_type.value,)
+            )
+            notify(db, DEFAULTS_CHANNEL, f"{self._owner} changed")
+
+    def close(self) -> None:
+        self._pool.close()
+
+
+def open_default_model_store(
+    database_url: str, sqlite_path: Path, owner: str = ""
+) -> DefaultModelStore:
+    """The set defaults in the PostgreSQL database of `database_url` (changes announced
+    as `owner`), or in the SQLite file `sqlite_path` when it is `sqlite:`. Blocking."""
+    url = postgres_url(database_url)
+    if url is None:
+        return SqliteDefaultModelStore(sqlite_path)
+    return PostgresDefaultModelStore(url, owner)
+
+
 class DefaultModels:
     """The defaults in effect: those set through the API over those the setting names.
 
@@ -105,6 +172,12 @@ class DefaultModels:
         self._configured = dict(configured)
         self._set = {default.model_type: default for default in store.load()}
         self._lock = threading.Lock()
+
+    def reload(self) -> None:
+        """Read the set defaults again: another invoker process changed them. Blocking."""
+        loaded = {default.model_type: default for default in self._store.load()}
+        with self._lock:
+            self._set = loaded
 
     def get(self, model_type: ModelType) -> DefaultModel | None:
         """The default of `model_type` in effect, or None when neither is there."""

@@ -3,12 +3,15 @@
 The store is an interface so that a shared database (PostgreSQL, claiming with SELECT …
 FOR UPDATE SKIP LOCKED) can replace the embedded SQLite one: each state change, the claim
 included, is one store operation, so two claimers or a claim and a cancel never both win.
+A `SharedQueueStore` serves several invoker processes: each claim carries a lease its
+owner renews while the item runs, and an item whose lease ran out is FAILED
+(INVOKER_LOST) by whichever process notices first, never run again.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -16,6 +19,9 @@ from enum import StrEnum
 from services.common.errors import NotFoundError
 
 INVOKER_RESTARTED = "INVOKER_RESTARTED"
+"""A RUNNING item failed at start-up: the one invoker stopped while it ran (SQLite)."""
+INVOKER_LOST = "INVOKER_LOST"
+"""A RUNNING item failed because its invoker stopped renewing its lease (shared queue)."""
 
 
 class QueueItemStatus(StrEnum):
@@ -51,7 +57,8 @@ class ItemError:
 
 @dataclass(frozen=True)
 class QueueItem:
-    """One run of a session. `error` is set only when FAILED."""
+    """One run of a session. `error` is set only when FAILED; `owner` names the invoker
+    process that claimed it ("" until claimed, and always on SQLite)."""
 
     id: int
     session_id: str
@@ -62,6 +69,7 @@ class QueueItem:
     start_time: datetime | None = None
     end_time: datetime | None = None
     error: ItemError | None = None
+    owner: str = ""
 
 
 @dataclass(frozen=True)
@@ -79,6 +87,13 @@ class QueueStore(ABC):
     @abstractmethod
     def add(self, session_id: str, run_mode: RunMode, priority: int, now: datetime) -> QueueItem:
         """Store a new PENDING item with a fresh id."""
+
+    def add_all(
+        self, session_ids: Sequence[str], run_mode: RunMode, priority: int, now: datetime
+    ) -> list[QueueItem]:
+        """Store a PENDING item per session, ids ascending in that order. All or none:
+        a store that can should do it in one transaction (this default adds one by one)."""
+        return [self.add(session_id, run_mode, priority, now) for session_id in session_ids]
 
     @abstractmethod
     def claim_next(self, now: datetime) -> QueueItem | None:
@@ -123,6 +138,35 @@ class QueueStore(ABC):
 
     @abstractmethod
     def close(self) -> None: ...
+
+
+class SharedQueueStore(QueueStore):
+    """A queue several invoker processes claim from at once. `claim_next` records this
+    process (`owner`) and a lease of `lease_s` seconds on the item; `finish` ends only an
+    item this process still owns. The store announces new items to the other processes.
+    Pausing is shared: a paused queue hands out nothing to any process."""
+
+    owner: str
+    lease_s: float
+
+    @abstractmethod
+    def renew_leases(self) -> list[int]:
+        """Extend the lease of every item this process runs; the ids still held."""
+
+    @abstractmethod
+    def fail_expired(self, error: ItemError, now: datetime) -> list[QueueItem]:
+        """Move every RUNNING item whose lease ran out to FAILED with `error`, each by
+        exactly one caller across processes, and return those this call moved."""
+
+    @abstractmethod
+    def request_cancel(self, item_id: int) -> None:
+        """Ask the process running `item_id` to stop it."""
+
+    @abstractmethod
+    def set_paused(self, paused: bool) -> None: ...
+
+    @abstractmethod
+    def paused(self) -> bool: ...
 
 
 def item_not_found(item_id: int) -> NotFoundError:

@@ -1,4 +1,5 @@
-"""The execution queue: one item RUNNING at a time, the next claimed by priority then id.
+"""The execution queue: one item RUNNING at a time per invoker process, the next claimed
+by priority then id.
 
 Driven by events, never polled: a claimer waits on a condition that an enqueue, a finish
 and a resume notify, so the next item is claimed the moment the previous one finishes.
@@ -11,20 +12,31 @@ handed out.
 The thread may be shared with the other writers of the same database file (the
 sessions): SQLite lets one connection write at a time and makes the others wait by
 sleeping (1 ms, then 2, 5, 10…), so writers that share one thread never wait that way.
+
+On a `SharedQueueStore` (PostgreSQL) several invoker processes claim from one queue, each
+running one item at a time. A process learns of items queued elsewhere through `wake`
+(called on the database's notices) and, as a safety net, re-tries its claim on every
+lease tick. The tick (a third of the lease) also renews the leases of the item this
+process runs and fails, as INVOKER_LOST, every item whose lease ran out, its process
+gone. Pausing is shared by every process; a cancel of an item another process runs is
+passed on to it (`cancel_here` there).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TypeVar
 
+import structlog
+
 from services.common import paging
 from services.common.errors import FailedPreconditionError
 from services.invoker.queue.items import (
+    INVOKER_LOST,
     INVOKER_RESTARTED,
     ItemError,
     ItemFilter,
@@ -32,7 +44,10 @@ from services.invoker.queue.items import (
     QueueItemStatus,
     QueueStore,
     RunMode,
+    SharedQueueStore,
 )
+
+log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 ABORTED = 10  # google.rpc.Code.ABORTED: the run was cut short by the invoker stopping.
@@ -65,6 +80,8 @@ class InvocationQueue:
         worker: ThreadPoolExecutor | None = None,
     ) -> None:
         self._store = store
+        self._shared = store if isinstance(store, SharedQueueStore) else None
+        self._lease_keeper: asyncio.Task[None] | None = None
         self._on_cancel = on_cancel
         self._on_change = on_change
         self._owns_worker = worker is None
@@ -84,7 +101,11 @@ class InvocationQueue:
     async def start(self) -> list[QueueItem]:
         """Recover after a crash: every item RUNNING when the invoker died becomes FAILED
         (INVOKER_RESTARTED) and is never run again; PENDING items stay queued. Returns the
-        items it failed."""
+        items it failed. On a shared store other processes may be running items, so none
+        is failed now: the lease ticks start instead, and fail those whose lease ran out."""
+        if self._shared is not None:
+            self._lease_keeper = asyncio.create_task(self._keep_leases(self._shared))
+            return []
         error = ItemError(
             INVOKER_RESTARTED,
             "the invoker stopped while this item was running; it is not run again",
@@ -104,6 +125,18 @@ class InvocationQueue:
         self._on_change(item)
         await self._notify()
         return item
+
+    async def enqueue_all(
+        self, session_ids: Sequence[str], run_mode: RunMode = RunMode.ALL, priority: int = 0
+    ) -> list[QueueItem]:
+        """Queue a run of each session in one store operation: all of them or none."""
+        items = await self._call(
+            lambda: self._store.add_all(session_ids, run_mode, priority, _now())
+        )
+        for item in items:
+            self._on_change(item)
+        await self._notify()
+        return items
 
     async def claim(self) -> QueueItem:
         """Wait until the queue is not paused, no item is RUNNING and an item is PENDING,
@@ -177,7 +210,23 @@ class InvocationQueue:
             )
         if not repeated and self._current == item_id:
             self._on_cancel(item)
+        elif self._shared is not None and self._current != item_id:
+            shared = self._shared
+            await self._call(lambda: shared.request_cancel(item_id))
+            self._cancelling.discard(item_id)
         return item
+
+    async def cancel_here(self, item_id: int) -> None:
+        """Stop the item if this process runs it: another process was asked to cancel it."""
+        async with self._state:
+            if self._current != item_id or item_id in self._cancelling:
+                return
+            self._cancelling.add(item_id)
+            self._on_cancel(await self.get(item_id))
+
+    async def wake(self) -> None:
+        """Re-try a waiting claim: an item may have been queued by another process."""
+        await self._notify()
 
     async def clear(self) -> list[QueueItem]:
         """Cancel every PENDING item; the RUNNING item, if any, goes on. Returns the
@@ -188,19 +237,30 @@ class InvocationQueue:
         return cancelled
 
     async def pause(self) -> QueueStatus:
-        """No PENDING item starts until `resume`; the RUNNING one finishes. Idempotent."""
-        self._paused = True
+        """No PENDING item starts until `resume`; the RUNNING one finishes. Idempotent.
+        On a shared store every process pauses."""
+        if (shared := self._shared) is not None:
+            await self._call(lambda: shared.set_paused(True))
+        else:
+            self._paused = True
         return await self.status()
 
     async def resume(self) -> QueueStatus:
         """The first PENDING item by priority, then id, starts at once. Idempotent."""
+        if (shared := self._shared) is not None:
+            await self._call(lambda: shared.set_paused(False))
         self._paused = False
         await self._notify()
         return await self.status()
 
     async def status(self) -> QueueStatus:
-        counts, running = await self._call(lambda: (self._store.counts(), self._store.running()))
-        return QueueStatus(dict(counts), self._paused, running)
+        shared = self._shared
+
+        def read() -> QueueStatus:
+            paused = self._paused if shared is None else shared.paused()
+            return QueueStatus(dict(self._store.counts()), paused, self._store.running())
+
+        return await self._call(read)
 
     async def get(self, item_id: int) -> QueueItem:
         return await self._call(lambda: self._store.get(item_id))
@@ -228,6 +288,9 @@ class InvocationQueue:
 
     async def close(self) -> None:
         """Finish the store calls asked for, then close the store (a shared worker goes on)."""
+        if self._lease_keeper is not None:
+            self._lease_keeper.cancel()
+            await asyncio.gather(self._lease_keeper, return_exceptions=True)
         await self._call(self._store.close)
         if self._owns_worker:
             await asyncio.get_running_loop().run_in_executor(None, self._worker.shutdown)
@@ -242,6 +305,38 @@ class InvocationQueue:
         self._on_change(item)
         await self._notify()
         return item
+
+    async def _keep_leases(self, store: SharedQueueStore) -> None:
+        """Every third of a lease: renew this process's lease, fail the items whose lease
+        ran out (their process is gone) and re-try a waiting claim. An item of this
+        process failed by another (this one could not renew in time) is stopped: its
+        end is refused anyway."""
+        error = ItemError(
+            INVOKER_LOST,
+            "the invoker running this item stopped renewing its lease; it is not run again",
+            ABORTED,
+        )
+        while True:
+            await asyncio.sleep(store.lease_s / 3)
+            try:
+                async with self._state:  # no claim or end of an item in between
+                    current = self._current
+                    held = await self._call(store.renew_leases)
+                    if current is not None and current not in held:
+                        await self._lost_here(current)
+                lost = await self._call(lambda: store.fail_expired(error, _now()))
+            except Exception as exc:
+                log.warning("the queue's leases could not be kept", error=str(exc))
+                continue
+            for item in lost:
+                self._on_change(item)
+            await self._notify()
+
+    async def _lost_here(self, item_id: int) -> None:
+        log.warning("this invoker lost its item's lease; stopping it", queue_item_id=item_id)
+        if item_id not in self._cancelling:
+            self._cancelling.add(item_id)
+            self._on_cancel(await self._call(lambda: self._store.get(item_id)))
 
     async def _changed_since(self, version: int) -> None:
         async with self._changed:

@@ -9,7 +9,7 @@ it is atomic against a cancel. One connection serves every thread behind a lock.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -66,6 +66,23 @@ class SqliteQueueStore(QueueStore):
         )
         params = (session_id, PENDING, run_mode.value, priority, now.isoformat())
         return self._one(sql, params)
+
+    def add_all(
+        self, session_ids: Sequence[str], run_mode: RunMode, priority: int, now: datetime
+    ) -> list[QueueItem]:
+        sql = (
+            "INSERT INTO queue_items (session_id, status, run_mode, priority, create_time) "
+            f"VALUES (?, ?, ?, ?, ?) RETURNING {COLUMNS}"
+        )
+        with self._lock, self._db:
+            self._db.execute("BEGIN")
+            rows = [
+                self._db.execute(
+                    sql, (session_id, PENDING, run_mode.value, priority, now.isoformat())
+                ).fetchone()
+                for session_id in session_ids
+            ]
+        return [_item(row) for row in rows]
 
     def claim_next(self, now: datetime) -> QueueItem | None:
         sql = (

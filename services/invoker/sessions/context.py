@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from services.common.errors import NotFoundError
 from services.invoker.clients.inference import InferenceClient
 from services.invoker.clients.model_records import ModelRecordsClient
 from services.invoker.execution.executor import ContextFactory
@@ -44,6 +45,13 @@ class NodeImages:
 
     async def load_png(self, image: ImageRef) -> bytes:
         return await self.library.load_png(image.image_name)
+
+    async def exists(self, image: ImageRef) -> bool:
+        try:
+            await self.library.get(image.image_name)
+        except NotFoundError:
+            return False
+        return True
 
     async def save_png(
         self, png: bytes, *, is_intermediate: bool = True, metadata: dict[str, Any] | None = None

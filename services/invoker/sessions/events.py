@@ -12,7 +12,7 @@ from services.invoker.execution.events import ExecutionEvent
 from services.invoker.queue.items import RunMode
 
 if TYPE_CHECKING:
-    from services.invoker.sessions.manager import Session
+    from services.invoker.sessions.manager import SessionView
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,8 @@ class InvocationProgress(ExecutionEvent):
     step: int
     total_steps: int
     preview: Preview | None = None
+    time: datetime | None = None
+    """When the step ended, by the inference service's clock (relayed steps)."""
 
 
 @dataclass(frozen=True)
@@ -46,10 +48,18 @@ class ModelLoadEvent(ExecutionEvent):
 
 @dataclass(frozen=True)
 class SessionSnapshot(ExecutionEvent):
-    """The session as it stands, sent first to a watcher; `queue_item_id` is 0 when no
-    run is queued or running."""
+    """The session as it stood when the watch began, sent first to a watcher;
+    `queue_item_id` is 0 when no run was queued or running."""
 
-    session: Session
+    session: SessionView
+
+
+@dataclass(frozen=True)
+class RemoteEvent(ExecutionEvent):
+    """An event of a run on another invoker process sharing the database, as it sent it:
+    a serialized SessionEvent (without preview image), passed on to watchers as is."""
+
+    message: bytes
 
 
 @dataclass(frozen=True)

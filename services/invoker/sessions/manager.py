@@ -7,7 +7,12 @@ per turn of the event loop (a node's result included, so a crash loses at most t
 that was running); the writes run off the event loop, in order, on the one thread that
 also runs the queue's store calls (the same SQLite file, so no write waits on another).
 A save writes only what changed since the last one (new nodes, edges and runs, and the
-status row), so its cost never grows with the session.
+status row), so its cost never grows with the session; a save that fails is logged.
+
+The runner never stops and never leaves an item RUNNING: whatever a run raises, its item
+ends (FAILED with INVOKER_FAILED when the run itself broke), an end the store refuses is
+retried, and a claim that fails is retried; retries wait RETRY_FIRST_S, doubling up to
+RETRY_MAX_S, so a broken store is not hammered.
 """
 
 from __future__ import annotations
@@ -15,8 +20,8 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Collection, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -56,6 +61,7 @@ from services.invoker.sessions.events import (
     Stamped,
 )
 from services.invoker.sessions.store import EdgeJson, SessionChange, SessionRecord, SessionStore
+from services.invoker.sessions.writer import database_writer
 
 log = structlog.get_logger(__name__)
 
@@ -64,6 +70,10 @@ ALL_SESSIONS = ""
 
 GraphJson = Callable[[], dict[str, Any]]
 """The session's graph as JSON (see `graph_json`)."""
+
+RETRY_FIRST_S = 0.05
+RETRY_MAX_S = 5.0
+"""The first and the longest wait before the runner retries a failed claim or item end."""
 
 
 @dataclass(frozen=True)
@@ -77,10 +87,15 @@ class NodeReporter:
     queue_item_id: Callable[[], int]
 
     def __call__(
-        self, step: int, total: int, message: str = "", preview: Preview | None = None
+        self,
+        step: int,
+        total: int,
+        message: str = "",
+        preview: Preview | None = None,
+        time: datetime | None = None,
     ) -> None:
         progress = InvocationProgress(
-            self.session_id, self.queue_item_id(), self.run_id, step, total, preview
+            self.session_id, self.queue_item_id(), self.run_id, step, total, preview, time
         )
         self.publish(progress)
 
@@ -154,6 +169,47 @@ class Session:
     def graph(self) -> Graph:
         return self.execution.graph
 
+    def view(self) -> SessionView:
+        """The session as it stands now, unaffected by what happens to it later."""
+        execution = self.execution
+        state = execution.state
+        return SessionView(
+            self.id,
+            self.status,
+            self.queue_item_id,
+            self.create_time,
+            self.update_time,
+            tuple(self.graph.nodes.values()),
+            tuple(self.graph.edges),
+            tuple(state.executed),
+            {key: result.outputs for key, result in state.results.items()},
+            dict(state.errors),
+            state.running,
+            tuple(execution.ready_ids()),
+            tuple(execution.pending_ids()),
+        )
+
+
+@dataclass(frozen=True)
+class SessionView:
+    """A session at one moment, as SessionService shows it: copies of its graph and
+    execution state (whose nodes, edges, outputs and failures never change once made)."""
+
+    id: str
+    status: SessionStatus
+    queue_item_id: int
+    create_time: datetime
+    update_time: datetime
+    nodes: tuple[GraphNode, ...]
+    edges: tuple[Edge, ...]
+    executed: tuple[str, ...]
+    results: Mapping[str, Mapping[str, Any]]
+    """Outputs as JSON by run id."""
+    errors: Mapping[str, NodeFailure]
+    running: str
+    ready: tuple[str, ...]
+    pending: tuple[str, ...]
+
 
 class SessionManager:
     """Every session of the invoker, and the runner of the queue."""
@@ -167,7 +223,10 @@ class SessionManager:
         *,
         cache: OutputCache | None,
         failure_code: FailureCode,
+        writer: ThreadPoolExecutor | None = None,
     ) -> None:
+        """`writer` (one thread) runs the writes of both stores, and may be shared with the
+        other stores of their database; by default the manager has its own."""
         self._failure_code = failure_code
         self._registry = registry
         self._store = store
@@ -177,7 +236,8 @@ class SessionManager:
         """Every session's events, for WatchSessionEvents."""
         self._closing = asyncio.Event()
         self._sessions: dict[str, Session] = {}
-        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sessions-db")
+        self._owns_writer = writer is None
+        self._writer = writer or database_writer()
         self._changed = ChangeSignal()
         self._preview_watches: Counter[str] = Counter()
         """Watches that asked for previews, by session id (ALL_SESSIONS: every session)."""
@@ -222,21 +282,40 @@ class SessionManager:
             await asyncio.gather(self._runner, return_exceptions=True)
         self._flush()
         await self.queue.close()
-        await asyncio.get_running_loop().run_in_executor(None, self._writer.shutdown)
-        self._store.close()
+        await asyncio.get_running_loop().run_in_executor(self._writer, self._store.close)
+        if self._owns_writer:
+            await asyncio.get_running_loop().run_in_executor(None, self._writer.shutdown)
 
     def create(self, nodes: Sequence[NodeSpec], edges: Sequence[Edge]) -> Session:
         """A new IDLE session from a graph validated as a whole."""
-        return self._add(Graph.build(self._registry, nodes, edges))
+        session = self.build(nodes, edges)
+        self.keep(session)
+        return session
 
-    def _add(self, graph: Graph) -> Session:
+    def build(self, nodes: Sequence[NodeSpec], edges: Sequence[Edge]) -> Session:
+        """A new IDLE session from a graph validated as a whole, not kept yet: `keep` it
+        once its reply is made, so a request that fails on the way keeps nothing."""
+        return self._new(Graph.build(self._registry, nodes, edges))
+
+    def keep(self, session: Session) -> None:
+        """Keeps (and saves) a session made by `build`."""
+        self._sessions[session.id] = session
+        self._save(session).new = True
+
+    def _new(self, graph: Graph) -> Session:
         now = _now()
         session_id = str(uuid.uuid4())
         execution = self._execution(session_id, graph)
-        session = Session(session_id, execution, SessionStatus.IDLE, now, now)
-        self._sessions[session_id] = session
-        self._save(session).new = True
-        return session
+        return Session(session_id, execution, SessionStatus.IDLE, now, now)
+
+    def _discard(self, session: Session) -> None:
+        """Forgets a session kept moments ago, and deletes it from the store if a save
+        already wrote it."""
+        self._sessions.pop(session.id, None)
+        unsaved = self._unsaved.pop(session.id, None)
+        if unsaved is None or not unsaved.new:
+            self._write(lambda: self._store.delete(session.id))
+        self._changed.notify()
 
     def get(self, session_id: str) -> Session:
         session = self._sessions.get(session_id)
@@ -311,16 +390,19 @@ class SessionManager:
                 metadata={"session_id": session_id},
             )
         session.status = SessionStatus.QUEUED
-        mode = queue_items.RunMode.ALL if run_all else queue_items.RunMode.NEXT
+        mode = _run_mode(run_all)
         try:
             item = await self.queue.enqueue(session_id, mode, priority)
         except Exception:
             session.status = SETTLED[session.execution.status]
             raise
+        self._queued(session, item)
+        return item
+
+    def _queued(self, session: Session, item: QueueItem) -> None:
         session.queue_item_id = item.id
         self._touch(session)
-        self._emit(SessionQueued(session_id, item.id, mode))
-        return item
+        self._emit(SessionQueued(session.id, item.id, item.run_mode))
 
     async def enqueue_batch(
         self,
@@ -331,9 +413,10 @@ class SessionManager:
         run_all: bool,
         priority: int,
     ) -> list[QueueItem]:
-        """One session per expansion of the batch, each queued at once. Every graph is
-        built and validated before the first session is made, so a refused batch makes
-        nothing."""
+        """One session per expansion of the batch, each queued at once. All or nothing:
+        every graph is built and validated before the first session is made, and the
+        items are queued in one store operation, so a refused or failed batch leaves
+        neither a session nor an item."""
         node_ids = {spec.id for spec in nodes}
         for index, batch_field in enumerate(fields):
             if batch_field.node_id and batch_field.node_id not in node_ids:
@@ -354,10 +437,31 @@ class SessionManager:
             )
             for values in expand_batch(fields, mode)
         ]
-        items = []
-        for graph in graphs:
-            session = self._add(graph)
-            items.append(await self.invoke(session.id, run_all, priority))
+        sessions = [self._new(graph) for graph in graphs]
+        if any(session.execution.nothing_to_run for session in sessions):
+            raise FailedPreconditionError(
+                "the batch's graph has no node ready to run", reason="NOTHING_TO_RUN"
+            )
+        # Shielded: a caller that goes away mid-way still leaves the whole batch or none.
+        queueing = self._queue_all(sessions, _run_mode(run_all), priority)
+        return await asyncio.shield(asyncio.ensure_future(queueing))
+
+    async def _queue_all(
+        self, sessions: Sequence[Session], mode: queue_items.RunMode, priority: int
+    ) -> list[QueueItem]:
+        """Keeps the new sessions QUEUED and queues their items in one store operation;
+        if that fails, the sessions are forgotten again."""
+        for session in sessions:
+            session.status = SessionStatus.QUEUED
+            self.keep(session)
+        try:
+            items = await self.queue.enqueue_all([s.id for s in sessions], mode, priority)
+        except Exception:
+            for session in sessions:
+                self._discard(session)
+            raise
+        for session, item in zip(sessions, items, strict=True):
+            self._queued(session, item)
         return items
 
     async def cancel(self, session_id: str) -> QueueItem:
@@ -381,8 +485,10 @@ class SessionManager:
     ) -> AsyncIterator[Delivery[Stamped]]:
         """What WatchSessionEvents streams: a snapshot of each watched session (the named
         ones, or every one QUEUED or RUNNING), then the live events, until the reader
-        stops. Subscribing before the snapshots means no event falls between the two.
-        While a watch with `previews` lasts, its sessions' generations make previews."""
+        stops. The snapshots are taken together, in the same instant as the subscription,
+        so no event falls between the two and a slow reader still gets each session as it
+        stood then. While a watch with `previews` lasts, its sessions' generations make
+        previews."""
         ids = set(session_ids)
         watched = [self.get(session_id) for session_id in dict.fromkeys(session_ids)]
         if ids:
@@ -390,12 +496,18 @@ class SessionManager:
         else:
             subscription = self.events.subscribe()
             watched = [session for session in self._sessions.values() if session.status.busy]
+        now = _now()
+        snapshots = [
+            Stamped(
+                now, SessionSnapshot(view.id, view.queue_item_id if view.status.busy else 0, view)
+            )
+            for view in (session.view() for session in watched)
+        ]
         preview_keys = (ids or {ALL_SESSIONS}) if previews else set()
         self._preview_watches.update(preview_keys)
         try:
-            for session in watched:
-                item_id = session.queue_item_id if session.status.busy else 0
-                yield Delivery(Stamped(_now(), SessionSnapshot(session.id, item_id, session)), 0)
+            for snapshot in snapshots:
+                yield Delivery(snapshot, 0)
             async for delivery in follow(subscription, self._closing, "invoker"):
                 yield delivery
         finally:
@@ -433,58 +545,79 @@ class SessionManager:
             session.cancelled.set()
 
     async def _run_queue(self) -> None:
-        """Claims items one after another, the next the moment the previous one ends."""
+        """Claims items one after another, the next the moment the previous one ends; a
+        failed claim is logged and retried."""
+        waits = _retry_waits()
         while True:
-            item = await self.queue.claim()
             try:
-                await self._run_item(item)
+                item = await self.queue.claim()
             except Exception:
-                log.exception("queue item could not be finished", queue_item_id=item.id)
+                wait = next(waits)
+                log.exception("claiming the next queue item failed", retry_in_s=wait)
+                await asyncio.sleep(wait)
+                continue
+            waits = _retry_waits()
+            await self._run_item(item)
 
     async def _run_item(self, item: QueueItem) -> None:
+        """Runs the item's session, then ends the item and settles the session: the
+        session stays RUNNING until its item has ended, so no new run of it is queued
+        while this one is still finishing. The run's results are written before the item
+        ends."""
         session = self._sessions.get(item.session_id)
         if session is None:
             error = ItemError("SESSION_NOT_FOUND", "the session was deleted", 5)
-            await self.queue.finish(item.id, QueueItemStatus.FAILED, error)
+            await self._end(item, QueueItemStatus.FAILED, error)
             return
+        try:
+            status, item_status, error = await self._execute(session, item)
+        except Exception as exc:
+            log.exception("running a queue item failed", queue_item_id=item.id)
+            status, item_status = SessionStatus.FAILED, QueueItemStatus.FAILED
+            error = ItemError("INVOKER_FAILED", f"{type(exc).__name__}: {exc}", 13)
+        try:
+            self._flush()
+        except Exception:
+            log.exception("saving a session failed", session_id=session.id)
+        ended = await self._end(item, item_status, error)
+        # An end refused (another invoker failed the item, its lease lost) decides too.
+        session.status = status if ended.status is item_status else ENDED.get(ended.status, status)
+        self._touch(session)
+
+    async def _execute(
+        self, session: Session, item: QueueItem
+    ) -> tuple[SessionStatus, QueueItemStatus, ItemError | None]:
+        """Runs the session as the item asks; returns how the session and the item end."""
         session.cancelled = asyncio.Event()
         self._emit(SessionStarted(session.id, item.id, item.run_mode))
         if self.queue.cancel_requested(item.id):
             session.cancelled.set()
-        try:
-            result = await session.execution.run(
-                RUN_MODES[item.run_mode], cancelled=session.cancelled, queue_item_id=item.id
-            )
-        except Exception as exc:
-            error = ItemError("INVOKER_FAILED", f"{type(exc).__name__}: {exc}", 13)
-            await self._settle(session, item, SessionStatus.FAILED, QueueItemStatus.FAILED, error)
-            return
+        result = await session.execution.run(
+            RUN_MODES[item.run_mode], cancelled=session.cancelled, queue_item_id=item.id
+        )
         if result.status is SettledStatus.CANCELLED:
-            await self._settle(session, item, SessionStatus.CANCELLED, QueueItemStatus.CANCELLED)
-        elif result.failure is not None:
+            return SessionStatus.CANCELLED, QueueItemStatus.CANCELLED, None
+        if result.failure is not None:
             failure = result.failure
             code = self._failure_code(failure)
             error = ItemError(failure.error_type, failure.error, code, result.failed_node_id)
-            await self._settle(session, item, SessionStatus.FAILED, QueueItemStatus.FAILED, error)
-        else:
-            status = SETTLED[result.status]
-            await self._settle(session, item, status, QueueItemStatus.COMPLETED)
+            return SessionStatus.FAILED, QueueItemStatus.FAILED, error
+        return SETTLED[result.status], QueueItemStatus.COMPLETED, None
 
-    async def _settle(
-        self,
-        session: Session,
-        item: QueueItem,
-        status: SessionStatus,
-        item_status: QueueItemStatus,
-        error: ItemError | None = None,
-    ) -> None:
-        """Ends the item, then settles the session: it stays RUNNING until its item has
-        ended, so no new run of it is queued while this one is still finishing. The run's
-        results are written before the item ends."""
-        self._flush()
-        await self.queue.finish(item.id, item_status, error)
-        session.status = status
-        self._touch(session)
+    async def _end(
+        self, item: QueueItem, status: QueueItemStatus, error: ItemError | None
+    ) -> QueueItem:
+        """Ends the item, retrying until the store takes it (ending an item is
+        idempotent), so the queue never stays on an item that is over; the item as
+        ended."""
+        waits = _retry_waits()
+        while True:
+            try:
+                return await self.queue.finish(item.id, status, error)
+            except Exception:
+                wait = next(waits)
+                log.exception("ending a queue item failed", queue_item_id=item.id, retry_in_s=wait)
+                await asyncio.sleep(wait)
 
     def _execution(self, session_id: str, graph: Graph) -> GraphExecution:
         def queue_item_id() -> int:
@@ -513,8 +646,16 @@ class SessionManager:
         await asyncio.get_running_loop().run_in_executor(self._writer, lambda: None)
 
     def _publish(self, event: ExecutionEvent) -> None:
-        """Publishes a relayed event; a slow watcher drops it, the run never waits."""
-        self.events.publish(Stamped(_now(), event))
+        """Publishes a relayed event, at the time it happened by the inference service's
+        clock when it comes from there; a slow watcher drops it, the run never waits."""
+        match event:
+            case InvocationProgress(time=datetime() as relayed):
+                stamp = relayed
+            case ModelLoadEvent(load=ModelLoad(time=datetime() as relayed)):
+                stamp = relayed
+            case _:
+                stamp = _now()
+        self.events.publish(Stamped(stamp, event))
 
     def _touch(self, session: Session) -> _Unsaved:
         session.update_time = _now()
@@ -545,7 +686,7 @@ class SessionManager:
                 self._write(lambda change=change: self._store.update(change))
 
     def _write(self, work: Callable[[], None]) -> None:
-        self._writer.submit(work)
+        self._writer.submit(work).add_done_callback(_log_write_failure)
 
     def _load(self, record: SessionRecord) -> Session:
         nodes = [NodeSpec(n["id"], n["type"], n["inputs"]) for n in record.graph["nodes"]]
@@ -567,12 +708,47 @@ class SessionManager:
 
 
 def graph_json(graph: Graph) -> dict[str, Any]:
-    """The graph as JSON: nodes with their direct inputs, edges as [source node, source
-    field, destination node, destination field]."""
+    """The graph in graph.proto's Graph JSON form (proto field names), as the `easel_graph`
+    chunk of a saved image holds it: nodes with their direct inputs, edges as source and
+    destination {node_id, field}."""
+    return {
+        "nodes": [_node_json(node) for node in graph.nodes.values()],
+        "edges": [
+            {
+                "source": {"node_id": edge.source.node_id, "field": edge.source.field},
+                "destination": {
+                    "node_id": edge.destination.node_id,
+                    "field": edge.destination.field,
+                },
+            }
+            for edge in graph.edges
+        ],
+    }
+
+
+def _stored_graph(graph: Graph) -> dict[str, Any]:
+    """The graph as the session store keeps it (edges as EdgeJson)."""
     return {
         "nodes": [_node_json(node) for node in graph.nodes.values()],
         "edges": [_edge_json(edge) for edge in graph.edges],
     }
+
+
+def _run_mode(run_all: bool) -> queue_items.RunMode:
+    return queue_items.RunMode.ALL if run_all else queue_items.RunMode.NEXT
+
+
+def _retry_waits() -> Iterator[float]:
+    """The waits before each retry: doubling from RETRY_FIRST_S up to RETRY_MAX_S."""
+    wait = RETRY_FIRST_S
+    while True:
+        yield wait
+        wait = min(wait * 2, RETRY_MAX_S)
+
+
+def _log_write_failure(done: Future[None]) -> None:
+    if done.exception() is not None:
+        log.error("writing a session failed", exc_info=done.exception())
 
 
 def _node_json(node: GraphNode) -> dict[str, Any]:
@@ -612,7 +788,7 @@ def _record(session: Session) -> SessionRecord:
     state = session.execution.state
     return SessionRecord(
         session.id,
-        graph_json(session.graph),
+        _stored_graph(session.graph),
         {
             "executed": list(state.executed),
             "results": {key: dict(result.outputs) for key, result in state.results.items()},

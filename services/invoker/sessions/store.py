@@ -4,7 +4,8 @@ A session is stored as JSON pieces (its nodes, its edges, each run's result or f
 its status), so the store knows nothing of node types; the session manager rebuilds the
 graph through the registry on load. Each piece is its own row, so a change writes only
 what changed: adding a node to a session of any size writes that node and its edges.
-The store is an interface so that a shared database can replace the embedded SQLite file.
+The store is an interface so that a shared database (PostgreSQL, `postgres_store`) can
+replace the embedded SQLite file; `stores.open_session_store` picks the engine.
 """
 
 from __future__ import annotations
@@ -75,6 +76,10 @@ class SessionStore(ABC):
     @abstractmethod
     def all(self) -> list[SessionRecord]:
         """Every record, oldest first (loaded once at start-up)."""
+
+    @abstractmethod
+    def get(self, session_id: str) -> SessionRecord | None:
+        """The record as stored now; None when there is none."""
 
     @abstractmethod
     def close(self) -> None: ...
@@ -156,40 +161,74 @@ class SqliteSessionStore(SessionStore):
             self._db.execute("DELETE FROM session WHERE id = ?", (session_id,))
 
     def all(self) -> list[SessionRecord]:
-        with self._lock:
-            sessions = self._db.execute("SELECT * FROM session ORDER BY create_time").fetchall()
-            nodes = self._parts("SELECT session_id, body FROM session_node ORDER BY rowid")
-            edges = self._parts("SELECT session_id, body FROM session_edge ORDER BY rowid")
-            runs = self._db.execute(
-                "SELECT session_id, run_id, failed, body FROM session_run ORDER BY rowid"
-            ).fetchall()
-        results: dict[str, dict[str, Any]] = {}
-        errors: dict[str, dict[str, Any]] = {}
-        for session_id, run_id, failed, body in runs:
-            (errors if failed else results).setdefault(session_id, {})[run_id] = json.loads(body)
-        return [
-            SessionRecord(
-                row[0],
-                {"nodes": nodes.get(row[0], []), "edges": edges.get(row[0], [])},
-                {
-                    "executed": list(results.get(row[0], {})),
-                    "results": results.get(row[0], {}),
-                    "errors": errors.get(row[0], {}),
-                },
-                row[1],
-                row[2],
-                datetime.fromisoformat(row[3]),
-                datetime.fromisoformat(row[4]),
-            )
-            for row in sessions
-        ]
+        return self._records(None)
 
-    def _parts(self, query: str) -> dict[str, list[Any]]:
+    def get(self, session_id: str) -> SessionRecord | None:
+        found = self._records(session_id)
+        return found[0] if found else None
+
+    def _records(self, session_id: str | None) -> list[SessionRecord]:
+        """The session `session_id`, or every one (None), oldest first."""
+        one = session_id is not None
+        where, params = ("WHERE session_id = ?", (session_id,)) if one else ("", ())
+        with self._lock:
+            sessions = self._db.execute(
+                f"SELECT * FROM session {'WHERE id = ?' if one else ''} ORDER BY create_time",
+                params,
+            ).fetchall()
+            nodes = self._parts(
+                f"SELECT session_id, body FROM session_node {where} ORDER BY rowid", params
+            )
+            edges = self._parts(
+                f"SELECT session_id, body FROM session_edge {where} ORDER BY rowid", params
+            )
+            runs = self._db.execute(
+                f"SELECT session_id, run_id, failed, body FROM session_run {where} ORDER BY rowid",
+                params,
+            ).fetchall()
+        return records(sessions, nodes, edges, runs)
+
+    def _parts(self, query: str, params: tuple[str, ...]) -> dict[str, list[Any]]:
         parts: dict[str, list[Any]] = {}
-        for session_id, body in self._db.execute(query):
+        for session_id, body in self._db.execute(query, params):
             parts.setdefault(session_id, []).append(json.loads(body))
         return parts
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def records(
+    sessions: Sequence[tuple[Any, ...]],
+    nodes: Mapping[str, list[Any]],
+    edges: Mapping[str, list[Any]],
+    runs: Sequence[tuple[str, str, Any, str]],
+) -> list[SessionRecord]:
+    """Records from the rows of a store: `sessions` (id, status, queue item id, create and
+    update time, in order), nodes and edges by session, runs (session, run id, failed,
+    JSON body) in the order they were written."""
+    results: dict[str, dict[str, Any]] = {}
+    errors: dict[str, dict[str, Any]] = {}
+    for session_id, run_id, failed, body in runs:
+        (errors if failed else results).setdefault(session_id, {})[run_id] = json.loads(body)
+    return [
+        SessionRecord(
+            row[0],
+            {"nodes": nodes.get(row[0], []), "edges": edges.get(row[0], [])},
+            {
+                "executed": list(results.get(row[0], {})),
+                "results": results.get(row[0], {}),
+                "errors": errors.get(row[0], {}),
+            },
+            row[1],
+            row[2],
+            _time(row[3]),
+            _time(row[4]),
+        )
+        for row in sessions
+    ]
+
+
+def _time(value: str | datetime) -> datetime:
+    return value if isinstance(value, datetime) else datetime.fromisoformat(value)
