@@ -295,6 +295,7 @@ class Generations:
             mine.add(generation.id)
             yield Delivery(GenerationSnapshot(generation, context=generation.context), 0)
             ended = asyncio.ensure_future(self._queue.wait(generation.id))
+            delivery: asyncio.Future[Delivery] | None = None
             try:
                 while not ended.done():
                     delivery = asyncio.ensure_future(anext(subscription))
@@ -305,7 +306,10 @@ class Generations:
                         delivery.cancel()
                 generation = ended.result()
             finally:
+                # Also when the call ends mid-wait: no task of it is left pending.
                 ended.cancel()
+                if delivery is not None:
+                    delivery.cancel()
             # Its terminal event was delivered as it ended: it waits in the buffer.
             while subscription.pending():
                 yield await anext(subscription)

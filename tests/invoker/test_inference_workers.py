@@ -88,9 +88,9 @@ def suite(tmp_path_factory: pytest.TempPathFactory, model_zoo: ModelZoo) -> Iter
             service.stop()
 
 
-def txt2img(suite: Suite, steps: int = 2) -> graph_pb2.Graph:
-    settings = dict(prompt="a cat", steps=steps, seed=5, width=SIZE, height=SIZE)
-    return graph([node("t2i", "txt2img", model={"key": suite.sd1}, **settings)])
+def txt2img(model_key: str, steps: int = 2, seed: int = 5) -> graph_pb2.Graph:
+    settings = dict(prompt="a cat", steps=steps, seed=seed, width=SIZE, height=SIZE)
+    return graph([node("t2i", "txt2img", model={"key": model_key}, **settings)])
 
 
 def run(client: EaselClient, session_graph, on_event=None) -> tuple[str, list[pb.SessionEvent]]:
@@ -113,7 +113,7 @@ def generations(worker: ServiceProcess, session_id: str = "") -> list[gen_pb.Gen
 def test_whole_generations_are_spread_over_both_workers(suite):
     sessions = []
     for _ in range(4):
-        session_id, events = run(suite.client, txt2img(suite))
+        session_id, events = run(suite.client, txt2img(suite.sd1))
         assert events[-1].HasField("session_complete")
         sessions.append(session_id)
     per_worker = [
@@ -195,9 +195,9 @@ def test_a_run_generation_call_without_its_generation_is_refused(suite):
 def test_a_worker_killed_mid_denoise_fails_only_its_node(suite):
     """Runs last in this module: it leaves one worker."""
     client = suite.client
-    slow = client.sessions.CreateSession(pb.CreateSessionRequest(graph=txt2img(suite, 1000)))
+    slow = client.sessions.CreateSession(pb.CreateSessionRequest(graph=txt2img(suite.sd1, 1000)))
     slow_id = slow.session.id
-    behind = client.sessions.CreateSession(pb.CreateSessionRequest(graph=txt2img(suite)))
+    behind = client.sessions.CreateSession(pb.CreateSessionRequest(graph=txt2img(suite.sd1)))
     killed: list[ServiceProcess] = []
 
     def kill_its_worker(event: pb.SessionEvent) -> None:
@@ -228,7 +228,7 @@ def test_a_worker_killed_mid_denoise_fails_only_its_node(suite):
         pb.WaitSessionRequest(session_id=behind.session.id), timeout=WAIT_S
     ).session
     assert done.status == graph_pb2.SESSION_STATUS_COMPLETED
-    later = [run(client, txt2img(suite)) for _ in range(3)]
+    later = [run(client, txt2img(suite.sd1)) for _ in range(3)]
     assert all(events[-1].HasField("session_complete") for _, events in later)
     survivor_sessions = {g.session_id for g in generations(survivor)}
     assert {behind.session.id, *(session_id for session_id, _ in later)} <= survivor_sessions
