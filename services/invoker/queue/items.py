@@ -88,12 +88,12 @@ class QueueStore(ABC):
     def add(self, session_id: str, run_mode: RunMode, priority: int, now: datetime) -> QueueItem:
         """Store a new PENDING item with a fresh id."""
 
+    @abstractmethod
     def add_all(
         self, session_ids: Sequence[str], run_mode: RunMode, priority: int, now: datetime
     ) -> list[QueueItem]:
-        """Store a PENDING item per session, ids ascending in that order. All or none:
-        a store that can should do it in one transaction (this default adds one by one)."""
-        return [self.add(session_id, run_mode, priority, now) for session_id in session_ids]
+        """Store a PENDING item per session, ids ascending in that order, in one
+        transaction: all or none."""
 
     @abstractmethod
     def claim_next(self, now: datetime) -> QueueItem | None:

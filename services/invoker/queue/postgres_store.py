@@ -94,6 +94,7 @@ class PostgresQueueStore(SharedQueueStore):
     def add_all(
         self, session_ids: Sequence[str], run_mode: RunMode, priority: int, now: datetime
     ) -> list[QueueItem]:
+        """One INSERT: every item or none, as a batch's sessions need."""
         sql = (
             "INSERT INTO invoker_queue_items (session_id, status, run_mode, priority, "
             "create_time) SELECT session_id, 'PENDING', %s, %s, %s "
