@@ -28,9 +28,9 @@ from services.invoker.images.library import open_image_library
 from services.invoker.invocation_servicer import InvocationServicer
 from services.invoker.invocations.model_defaults import DefaultModels, open_default_model_store
 from services.invoker.invocations.registry import load_registry
-from services.invoker.postgres_pool import DEFAULTS_CHANNEL
 from services.invoker.queue.stores import open_queue_store
 from services.invoker.queue_servicer import QueueServicer
+from services.invoker.replica_notices import DEFAULTS_CHANNEL
 from services.invoker.replicas import ReplicaLink, new_replica_id
 from services.invoker.session_servicer import SessionServicer
 from services.invoker.sessions.context import ServiceStubs, context_factory

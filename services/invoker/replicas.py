@@ -29,7 +29,7 @@ import psycopg
 import structlog
 
 from services.common.migrations import Migration, migrate_postgres_at
-from services.invoker.postgres_pool import EVENTS_CHANNEL
+from services.invoker.replica_notices import EVENTS_CHANNEL
 
 log = structlog.get_logger(__name__)
 

@@ -21,7 +21,7 @@ from services.invoker.images.records import (
     ImageRecordStore,
     image_not_found,
 )
-from services.invoker.postgres_pool import PostgresPool
+from services.invoker.replica_notices import invoker_pool
 
 COMPONENT = "invoker_images"
 MIGRATIONS = [
@@ -57,7 +57,7 @@ class PostgresImageRecordStore(ImageRecordStore):
     """Records in the `invoker_images` table."""
 
     def __init__(self, url: str) -> None:
-        self._pool = PostgresPool(url, COMPONENT, MIGRATIONS)
+        self._pool = invoker_pool(url, COMPONENT, MIGRATIONS)
 
     def add(self, record: ImageRecord) -> None:
         with self._pool.connection() as db:

@@ -23,7 +23,7 @@ from services.common.errors import InvalidArgumentError, NotFoundError
 from services.common.migrations import Migration
 from services.common.model_taxonomy import ModelType
 from services.common.sqlite_files import open_wal_database
-from services.invoker.postgres_pool import DEFAULTS_CHANNEL, PostgresPool, notify
+from services.invoker.replica_notices import DEFAULTS_CHANNEL, invoker_pool, notify
 
 
 class DefaultSource(StrEnum):
@@ -115,7 +115,7 @@ class PostgresDefaultModelStore(DefaultModelStore):
 
     def __init__(self, url: str, owner: str) -> None:
         self._owner = owner
-        self._pool = PostgresPool(url, "invoker_default_models", _POSTGRES_MIGRATIONS, max_size=2)
+        self._pool = invoker_pool(url, "invoker_default_models", _POSTGRES_MIGRATIONS, max_size=2)
 
     def load(self) -> list[DefaultModel]:
         with self._pool.connection() as db:

@@ -17,7 +17,6 @@ from datetime import datetime
 from typing import Any
 
 from services.common.migrations import Migration
-from services.invoker.postgres_pool import QUEUE_CHANNEL, PostgresPool, notify
 from services.invoker.queue.items import (
     ItemError,
     ItemFilter,
@@ -27,6 +26,7 @@ from services.invoker.queue.items import (
     SharedQueueStore,
     item_not_found,
 )
+from services.invoker.replica_notices import QUEUE_CHANNEL, invoker_pool, notify
 
 COMPONENT = "invoker_queue"
 MIGRATIONS = [
@@ -78,7 +78,7 @@ class PostgresQueueStore(SharedQueueStore):
     def __init__(self, url: str, owner: str, lease_s: float) -> None:
         self.owner = owner
         self.lease_s = lease_s
-        self._pool = PostgresPool(url, COMPONENT, MIGRATIONS)
+        self._pool = invoker_pool(url, COMPONENT, MIGRATIONS)
 
     def add(self, session_id: str, run_mode: RunMode, priority: int, now: datetime) -> QueueItem:
         sql = (

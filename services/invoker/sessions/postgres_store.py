@@ -19,7 +19,7 @@ from typing import Any
 import psycopg
 
 from services.common.migrations import Migration
-from services.invoker.postgres_pool import SESSIONS_CHANNEL, PostgresPool, notify
+from services.invoker.replica_notices import SESSIONS_CHANNEL, invoker_pool, notify
 from services.invoker.sessions.store import SessionChange, SessionRecord, SessionStore, records
 
 COMPONENT = "invoker_sessions"
@@ -73,7 +73,7 @@ class PostgresSessionStore(SessionStore):
 
     def __init__(self, url: str, owner: str) -> None:
         self._owner = owner
-        self._pool = PostgresPool(url, COMPONENT, MIGRATIONS)
+        self._pool = invoker_pool(url, COMPONENT, MIGRATIONS)
 
     def create(self, record: SessionRecord) -> None:
         change = SessionChange(

@@ -25,8 +25,8 @@ from typing import Any
 import structlog
 
 from services.common.event_bus import Delivery, EventBus
-from services.invoker.postgres_pool import QUEUE_CHANNEL, SESSIONS_CHANNEL
 from services.invoker.queue.items import INVOKER_LOST, QueueItem
+from services.invoker.replica_notices import QUEUE_CHANNEL, SESSIONS_CHANNEL
 from services.invoker.replicas import ReplicaLink
 from services.invoker.sessions.events import Stamped
 from services.invoker.sessions.manager import Session, SessionManager, SessionStatus, _Unsaved

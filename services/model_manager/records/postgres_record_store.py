@@ -18,11 +18,11 @@ from typing import Any
 
 import psycopg
 from psycopg import errors as pg_errors
-from psycopg_pool import ConnectionPool
 
 from services.common.database_url import redact
-from services.common.errors import AlreadyExistsError, UnavailableError
-from services.common.migrations import Migration, migrate_postgres
+from services.common.errors import AlreadyExistsError
+from services.common.migrations import Migration
+from services.common.postgres_pool import PostgresPool
 from services.model_manager.records.configs import AnyModelConfig, config_from_json
 from services.model_manager.records.record_store import (
     EVERY_MODEL,
@@ -79,48 +79,45 @@ class PostgresModelRecordStore(ModelRecordStore):
 
     def __init__(self, url: str) -> None:
         super().__init__(redact(url))
-        self._pool = ConnectionPool(
-            url, min_size=1, max_size=4, kwargs={"autocommit": True}, open=False
+        self._pool = PostgresPool(
+            url,
+            COMPONENT,
+            MIGRATIONS,
+            what="the model record database",
+            unavailable_reason="RECORD_STORE_UNAVAILABLE",
         )
-        try:
-            self._pool.open(wait=True, timeout=30)
-            with self._connection() as db:
-                migrate_postgres(db, COMPONENT, MIGRATIONS)
-        except BaseException:
-            self._pool.close()
-            raise
 
     @property
     def schema_version(self) -> str:
         return SCHEMA_VERSION
 
     def get(self, key: str) -> AnyModelConfig:
-        with self._connection() as db:
+        with self._pool.connection() as db:
             row = db.execute("SELECT config FROM model_records WHERE key = %s", (key,)).fetchone()
         if row is None:
             raise not_found(key)
         return config_from_json(row[0])
 
     def exists(self, key: str) -> bool:
-        with self._connection() as db:
+        with self._pool.connection() as db:
             found = db.execute("SELECT 1 FROM model_records WHERE key = %s", (key,)).fetchone()
         return found is not None
 
     def search(
         self, query: ModelQuery = EVERY_MODEL, *, offset: int = 0, limit: int | None = None
     ) -> list[AnyModelConfig]:
-        with self._connection() as db:
+        with self._pool.connection() as db:
             return _search(db, query, offset, limit)
 
     def count(self, query: ModelQuery = EVERY_MODEL) -> int:
-        with self._connection() as db:
+        with self._pool.connection() as db:
             return _count(db, query)
 
     def search_page(
         self, query: ModelQuery, offset: int, limit: int
     ) -> tuple[list[AnyModelConfig], int]:
         """One page and the number of all matches, from one snapshot of the database."""
-        with self._connection() as db, db.transaction():
+        with self._pool.connection() as db, db.transaction():
             db.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             return _search(db, query, offset, limit), _count(db, query)
 
@@ -128,7 +125,7 @@ class PostgresModelRecordStore(ModelRecordStore):
         self._pool.close()
 
     def _insert(self, config: AnyModelConfig) -> None:
-        with self._connection() as db, _taken_as_already_exists(config), db.transaction():
+        with self._pool.connection() as db, _taken_as_already_exists(config), db.transaction():
             db.execute(
                 f"INSERT INTO model_records ({COLUMNS}) "
                 "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
@@ -137,7 +134,7 @@ class PostgresModelRecordStore(ModelRecordStore):
             _insert_tags(db, config)
 
     def _replace(self, config: AnyModelConfig) -> None:
-        with self._connection() as db, _taken_as_already_exists(config), db.transaction():
+        with self._pool.connection() as db, _taken_as_already_exists(config), db.transaction():
             db.execute(
                 "UPDATE model_records SET name = %s, base = %s, type = %s, format = %s, "
                 "path = %s, hash = %s, source = %s, config = %s WHERE key = %s",
@@ -147,21 +144,8 @@ class PostgresModelRecordStore(ModelRecordStore):
             _insert_tags(db, config)
 
     def _remove(self, key: str) -> None:
-        with self._connection() as db:
+        with self._pool.connection() as db:
             db.execute("DELETE FROM model_records WHERE key = %s", (key,))
-
-    @contextmanager
-    def _connection(self) -> Iterator[psycopg.Connection]:
-        """A pooled connection; a database that cannot be reached is UnavailableError."""
-        try:
-            with self._pool.connection() as db:
-                yield db
-        except psycopg.OperationalError as exc:
-            raise UnavailableError(
-                f"the model record database {self.location} cannot be reached: {exc}",
-                reason="RECORD_STORE_UNAVAILABLE",
-                metadata={"location": str(self.location)},
-            ) from None
 
 
 def _where(query: ModelQuery) -> tuple[str, list[Any]]:
