@@ -9,8 +9,9 @@ round robin spreads the generations. Sessions are created through the invokers i
 then all are invoked at once; a run's figure is the number of sessions over the time from
 the first InvokeSession to the last session's end (WaitSession on its invoker).
 
-- trivial_sessions_per_s: TRIVIAL_SESSIONS sessions of one `add` node (no inference):
-  what the shared queue itself and the invokers' bookkeeping allow.
+- scale_trivial sessions_per_s (its own line, before the last): TRIVIAL_SESSIONS sessions
+  of one `add` node (no inference): what the shared queue itself and the invokers'
+  bookkeeping allow.
 - sessions_per_s_1 / sessions_per_s_2: SESSIONS sessions of one txt2img node (the tiny
   sd-1 model of the test fixtures, SIZE x SIZE, STEPS steps), with one and then two
   inference workers; a warm-up session per invoker and worker first loads the model in
@@ -178,7 +179,7 @@ def main() -> None:
             sqlite_ms = claim_ms(sqlite)
         finally:
             sqlite.close()
-    print(f"scale: trivial_sessions_per_s={plain:.2f} invokers={INVOKERS}")
+    print(f"scale_trivial: sessions_per_s={plain:.2f} invokers={INVOKERS}")
     print(
         f"scale: txt2img_2_vs_1={two / one:.2f} sessions_per_s_1={one:.2f} "
         f"sessions_per_s_2={two:.2f} claim_ms_pg={pg_ms:.3f} claim_ms_sqlite={sqlite_ms:.3f}"
