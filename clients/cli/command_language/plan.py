@@ -1,6 +1,6 @@
 """From parsed commands to the nodes and links that SessionService.AddNode takes.
 
-Links follow the reference's rules. A command piped from another (`a | b`) takes every
+A command piped from another (`a | b`) takes every
 output of the previous one whose name and type match one of its inputs (a `*` link).
 The first command of a line does the same from the last command that ran before it, so
 `upscale` typed after a `txt2img` line upscales that image. A link that names a field
@@ -10,8 +10,8 @@ wins over a `*` link. History references name earlier commands:
   previous one), counting back through this line, then the commands of earlier lines
   that ran successfully;
 - `--field @ID` or `--field @ID.output`: the node with that id (`history` lists them);
-- `--link FIELD NODE OUTPUT` (`-l`) and `--link_node NODE` (`-ln`), the reference's own
-  forms, where NODE is an id or a history index `-N`.
+- `--link FIELD NODE OUTPUT` (`-l`) and `--link_node NODE` (`-ln`), the long forms,
+  where NODE is an id or a history index `-N`.
 
 Without `.output`, the output of the input's own name is taken, else the only output of
 the input's type. Everything is checked here, before the first node is added, so a bad

@@ -2,7 +2,7 @@
 
 Quoting is the shell's: "double" and 'single' quotes group words (a `|` inside quotes is
 text), a backslash escapes the next character outside single quotes. An option is
-`--name` (or `--name=value`) followed by the words up to the next option; the reference's
+`--name` (or `--name=value`) followed by the words up to the next option; the
 short link options `-l` and `-ln` are options too, every other word starting with one
 dash (`-1`, `-0.5`) is a value. Names take `-` or `_` alike (`--cfg-scale`, `--cfg_scale`).
 This layer knows no command: what the values mean is `commands`' business.
