@@ -114,10 +114,6 @@ class CommonSettings(BaseSettings):
     def _check_database_url(cls, url: str) -> str:
         return check_database_url(url)
 
-    @property
-    def tls_enabled(self) -> bool:
-        return self.tls_cert_file is not None
-
     @classmethod
     def settings_customise_sources(
         cls,

@@ -1,8 +1,8 @@
 """The generation and latents nodes against a real model manager and inference process
 with the tiny models, shared by the module: results as stored PNGs, the building blocks
 giving the pixels of txt2img, default models, and cancellation reaching the inference
-service, and the `<name>` triggers of prompts selecting installed embeddings. Images are
-64x64 with 2 steps."""
+service, the `<name>` triggers of prompts selecting installed embeddings, and previews only
+while someone wants them. Images are 64x64 with 2 steps."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from easel.model_manager.v1 import model_pb2 as m
 from services.common import errors
 from services.common.model_taxonomy import ModelType
 from services.common.settings import CommonSettings
-from services.invoker.clients.inference import InferenceClient
+from services.invoker.clients.inference import InferenceClient, Origin, Sampling
 from services.invoker.clients.model_records import ModelRecordsClient
 from services.invoker.images.library import ImageLibrary, open_image_library
 from services.invoker.invocations import generation, latents
@@ -377,3 +377,26 @@ async def test_a_trigger_naming_two_embeddings_of_one_base_is_refused(
         assert caught.value.metadata["trigger"] == "<twin>"
         assert len(caught.value.metadata["keys"].split(",")) == 2
     assert generations(suite, "twins") == []
+
+
+async def test_a_generation_carries_previews_only_while_someone_wants_them(suite: Suite):
+    watched = {"watched"}
+    client = InferenceClient(suite.settings, previews_wanted=lambda session: session in watched)
+    try:
+        previews_per_run = []
+        for session_id, previews in (("watched", True), ("other", True), ("watched", False)):
+            seen: list[bool] = []
+            origin = Origin(
+                session_id=session_id,
+                on_progress=lambda _step, _total, preview, _time, seen=seen: seen.append(
+                    preview is not None
+                ),
+                previews=previews,
+            )
+            await client.text_to_image(
+                suite.sd1, "cat", "", SIZE, SIZE, Sampling(steps=STEPS), 1, origin=origin
+            )
+            previews_per_run.append(seen)
+    finally:
+        await client.close()
+    assert previews_per_run == [[True] * STEPS, [False] * STEPS, [False] * STEPS]

@@ -21,9 +21,6 @@ from typing import Any
 
 from services.common.sqlite_files import open_wal_database
 
-SESSIONS_DB = Path("databases/sessions.db")
-"""The SQLite file of the sessions, relative to the root."""
-
 EdgeJson = list[str]
 """An edge as [source node, source field, destination node, destination field]."""
 
