@@ -7,10 +7,16 @@ channel, in the order they were sent; the other sends this process's notices, in
 order they were asked for, without the caller waiting. A notice's payload is
 `<replica id> <message>`; a process ignores its own.
 
-Session events travel as serialized SessionEvent messages: inline (base64) when they fit
-in a notice (PostgreSQL allows under 8000 bytes), otherwise in a row of
-`invoker_session_events` whose id the notice names. Rows are removed after
+Session events travel as serialized SessionEvent messages: inline (base64, several to a
+notice, as many as fit: PostgreSQL allows under 8000 bytes) when they fit, otherwise in a
+row of `invoker_session_events` whose id the notice names. Rows are removed after
 EVENT_ROW_TTL_S: a process that reads a notice that late has lost the event anyway.
+
+Per-notice costs (a statement, a delivery to every listener, a wake-up) would otherwise
+dominate a run's bookkeeping, since a generation sends an event per step: the sender
+gathers what was asked for within BATCH_WINDOW_S of the first notice, packs consecutive
+inline events together and sends the whole batch in one statement. Events reach the other
+processes that much later; their order is kept.
 
 When the listening connection breaks, the link reconnects (backing off up to
 MAX_RETRY_S) and calls `on_reconnect`, since notices sent meanwhile are lost.
@@ -34,7 +40,8 @@ from services.invoker.replica_notices import EVENTS_CHANNEL
 log = structlog.get_logger(__name__)
 
 INLINE_LIMIT = 7000
-"""Longest base64 payload sent in the notice itself."""
+"""Longest payload of inline events in one notice."""
+BATCH_WINDOW_S = 0.03
 EVENT_ROW_TTL_S = 600
 MAX_RETRY_S = 10.0
 EVENT_MIGRATIONS = [
@@ -48,6 +55,12 @@ EVENT_MIGRATIONS = [
 ]
 
 Handler = Callable[[str], Awaitable[None]]
+
+
+class _Inline(str):
+    """A base64 session event small enough to travel in a notice."""
+
+
 EventHandler = Callable[[bytes], None]
 
 
@@ -66,7 +79,7 @@ class ReplicaLink:
         self._handlers: dict[str, Handler] = {}
         self._on_event: EventHandler = lambda body: None
         self._on_reconnect: Callable[[], Awaitable[None]] | None = None
-        self._outbox: asyncio.Queue[tuple[str, str | bytes] | None] = asyncio.Queue()
+        self._outbox: asyncio.Queue[tuple[str, str | bytes | _Inline] | None] = asyncio.Queue()
         self._loop = asyncio.get_running_loop()
         self._sender: psycopg.AsyncConnection | None = None
         self._reader: psycopg.AsyncConnection | None = None
@@ -109,10 +122,8 @@ class ReplicaLink:
     def publish_event(self, body: bytes) -> None:
         """Send a serialized session event to the other processes; from any thread."""
         text = base64.b64encode(body).decode()
-        if len(text) <= INLINE_LIMIT:
-            self.send_soon(EVENTS_CHANNEL, f"i {text}")
-        else:
-            self._loop.call_soon_threadsafe(self._outbox.put_nowait, (EVENTS_CHANNEL, body))
+        notice = (EVENTS_CHANNEL, _Inline(text) if len(text) <= INLINE_LIMIT else body)
+        self._loop.call_soon_threadsafe(self._outbox.put_nowait, notice)
 
     async def close(self) -> None:
         """Send what was asked for, then stop listening and close the connections."""
@@ -161,7 +172,8 @@ class ReplicaLink:
     async def _event_notice(self, message: str) -> None:
         kind, _, value = message.partition(" ")
         if kind == "i":
-            self._on_event(base64.b64decode(value))
+            for text in value.split(" "):
+                self._on_event(base64.b64decode(text))
             return
         if self._reader is None or self._reader.closed:
             self._reader = await psycopg.AsyncConnection.connect(self._url, autocommit=True)
@@ -183,23 +195,48 @@ class ReplicaLink:
         db = self._sender
         stopping = False
         while not stopping:
-            batch: list[tuple[str, str | bytes]] = []
             waiting = [await self._outbox.get()]
+            if waiting[0] is not None:
+                await asyncio.sleep(BATCH_WINDOW_S)
             while not self._outbox.empty():
                 waiting.append(self._outbox.get_nowait())
-            for notice in waiting:
-                if notice is None:
-                    stopping = True
-                else:
-                    batch.append(notice)
+            stopping = None in waiting
             try:
-                async with db.pipeline():
-                    for channel, payload in batch:
-                        text = payload if isinstance(payload, str) else await self._row(payload)
-                        await db.execute("SELECT pg_notify(%s, %s)", (channel, text))
+                notices = await self._notices([n for n in waiting if n is not None])
+                if notices:
+                    await db.execute(
+                        "SELECT pg_notify(channel, payload) FROM unnest(%s::text[], %s::text[]) "
+                        "WITH ORDINALITY AS notice (channel, payload, place) ORDER BY place",
+                        ([channel for channel, _ in notices], [text for _, text in notices]),
+                    )
             except psycopg.Error as exc:
                 log.warning("notices to the other invokers were lost", error=str(exc))
                 db = self._sender = await self._reconnected_sender()
+
+    async def _notices(
+        self, batch: list[tuple[str, str | bytes | _Inline]]
+    ) -> list[tuple[str, str]]:
+        """The batch as (channel, payload) notices, in order: consecutive inline events
+        share a notice while they fit, bigger events become rows."""
+        notices: list[tuple[str, str]] = []
+        packed: list[str] = []
+
+        def close_pack() -> None:
+            if packed:
+                notices.append((EVENTS_CHANNEL, f"{self.replica_id} i {' '.join(packed)}"))
+                packed.clear()
+
+        for channel, payload in batch:
+            if isinstance(payload, _Inline):
+                if sum(len(text) + 1 for text in packed) + len(payload) > INLINE_LIMIT:
+                    close_pack()
+                packed.append(payload)
+                continue
+            close_pack()
+            text = payload if isinstance(payload, str) else await self._row(payload)
+            notices.append((channel, text))
+        close_pack()
+        return notices
 
     async def _row(self, body: bytes) -> str:
         assert self._sender is not None
