@@ -22,17 +22,26 @@ the first InvokeSession to the last session's end (WaitSession on its invoker).
 - claim_ms_pg / claim_ms_sqlite: one `claim_next` of the invoker's queue store (the claim
   of the next PENDING item, as the invoker runs it) on PostgreSQL and on SQLite, each with
   one pending item; median of CLAIMS.
+- scale_cpu_1 / scale_cpu_2 (lines of their own): the CPU time each kind of process spent
+  per txt2img session during the measured run (inference workers, invokers, PostgreSQL's
+  processes, the model manager, this client), read from /proc; on the second, `ceiling`:
+  the ratio this machine's cores allow, since two workers on C cores make at most
+  C / (every process's CPU per session) sessions per second. On 2 cores the
+  invokers' and PostgreSQL's own work comes out of the workers' cores, so 1.8 needs
+  their share under a tenth of a generation's.
 Last line: `scale: txt2img_2_vs_1=R sessions_per_s_1=X sessions_per_s_2=X claim_ms_pg=X
 claim_ms_sqlite=X`.
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -46,7 +55,14 @@ from services.invoker.queue.sqlite_store import SqliteQueueStore
 from tests.model_fixtures import ModelZoo
 from tests.model_records import register_model
 from tests.postgres import TestPostgres
-from tests.processes import address_key, client_settings, start_service, suite_env, wait_serving
+from tests.processes import (
+    ServiceProcess,
+    address_key,
+    client_settings,
+    start_service,
+    suite_env,
+    wait_serving,
+)
 
 SIZE = 64
 STEPS = 20
@@ -71,12 +87,18 @@ def trivial() -> graph_pb2.Graph:
     return graph_pb2.Graph(nodes=[message])
 
 
+@dataclass
+class Deployment:
+    invokers: list[EaselClient]
+    """A client per invoker."""
+    manager: EaselClient
+    processes: list[ServiceProcess]
+
+
 @contextmanager
-def deployment(
-    folder: Path, database_url: str, workers: int
-) -> Iterator[tuple[list[EaselClient], EaselClient]]:
+def deployment(folder: Path, database_url: str, workers: int) -> Iterator[Deployment]:
     """A model manager, `workers` inference workers and INVOKERS invokers on one database
-    and one root: a client per invoker and one for the model manager."""
+    and one root."""
     root = folder / "root"
     root.mkdir(parents=True)
     env = suite_env(root, EASEL_DATABASE_URL=database_url)
@@ -103,7 +125,8 @@ def deployment(
             client = EaselClient(client_settings({**env, address_key("invoker"): invoker.address}))
             stack.callback(client.close)
             clients.append(client)
-        yield clients, stack.enter_context(EaselClient(client_settings(env)))
+        manager_client = stack.enter_context(EaselClient(client_settings(env)))
+        yield Deployment(clients, manager_client, [manager, *inference, *invokers])
 
 
 def sessions_per_s(
@@ -127,13 +150,19 @@ def sessions_per_s(
     return count / (time.perf_counter() - start)
 
 
-def txt2img_run(
-    folder: Path, postgres: TestPostgres, zoo: ModelZoo, workers: int
-) -> tuple[float, float | None]:
+@dataclass
+class Run:
+    sessions_per_s: float
+    trivial_per_s: float | None
+    cpu_ms: dict[str, float]
+    """CPU ms per session of the measured txt2img run, by kind of process."""
+
+
+def txt2img_run(folder: Path, postgres: TestPostgres, zoo: ModelZoo, workers: int) -> Run:
     """txt2img sessions per second over `workers` workers; with one, also trivial ones."""
-    with deployment(folder, postgres.new_database(), workers) as (clients, manager):
+    with deployment(folder, postgres.new_database(), workers) as running:
         key = register_model(
-            manager,
+            running.manager,
             "tiny-sd1",
             zoo.sd1_diffusers,
             base=m.BASE_MODEL_TYPE_SD_1,
@@ -141,9 +170,43 @@ def txt2img_run(
             format=m.MODEL_FORMAT_DIFFUSERS,
             repo_variant=m.MODEL_REPO_VARIANT_DEFAULT,
         )
+        clients = running.invokers
         plain = sessions_per_s(clients, trivial, TRIVIAL_SESSIONS) if workers == 1 else None
         sessions_per_s(clients, lambda: txt2img(key), INVOKERS * workers)  # loads the model
-        return sessions_per_s(clients, lambda: txt2img(key), SESSIONS), plain
+        kinds = {
+            kind: [p.process.pid for p in running.processes if p.name == kind]
+            for kind in ("inference", "invoker", "model_manager")
+        }
+        kinds["client"] = [os.getpid()]
+        before = {kind: cpu_s(pids) for kind, pids in kinds.items()}
+        postgres_before = cpu_s(postgres.pids())
+        rate = sessions_per_s(clients, lambda: txt2img(key), SESSIONS)
+        cpu_ms = {kind: cpu_s(pids) - before[kind] for kind, pids in kinds.items()}
+        cpu_ms["postgres"] = cpu_s(postgres.pids()) - postgres_before
+        per_session = {kind: spent * 1000 / SESSIONS for kind, spent in cpu_ms.items()}
+        return Run(rate, plain, per_session)
+
+
+def cpu_s(pids: Iterable[int]) -> float:
+    """CPU seconds (user and system) the processes `pids` have used so far."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:  # a PostgreSQL backend that ended meanwhile
+            continue
+        total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
+
+
+def cpu_line(name: str, run: Run) -> str:
+    return f"{name}: " + " ".join(f"{kind}_ms={ms:.1f}" for kind, ms in run.cpu_ms.items())
+
+
+def ceiling(two: Run, one: Run) -> float:
+    """The two-worker ratio this machine's cores allow, were they kept busy."""
+    return (os.cpu_count() or 1) / sum(two.cpu_ms.values()) * 1000 / one.sessions_per_s
 
 
 def claim_ms(store: QueueStore) -> float:
@@ -165,8 +228,8 @@ def main() -> None:
         zoo = ModelZoo(folder / "zoo")
         postgres = TestPostgres()
         try:
-            one, plain = txt2img_run(folder / "one", postgres, zoo, 1)
-            two, _ = txt2img_run(folder / "two", postgres, zoo, 2)
+            one = txt2img_run(folder / "one", postgres, zoo, 1)
+            two = txt2img_run(folder / "two", postgres, zoo, 2)
             store = PostgresQueueStore(postgres.new_database(), "bench", 30.0)
             try:
                 pg_ms = claim_ms(store)
@@ -179,10 +242,13 @@ def main() -> None:
             sqlite_ms = claim_ms(sqlite)
         finally:
             sqlite.close()
-    print(f"scale_trivial: sessions_per_s={plain:.2f} invokers={INVOKERS}")
+    print(f"scale_trivial: sessions_per_s={one.trivial_per_s:.2f} invokers={INVOKERS}")
+    print(cpu_line("scale_cpu_1", one))
+    print(f"{cpu_line('scale_cpu_2', two)} cores={os.cpu_count()} ceiling={ceiling(two, one):.2f}")
     print(
-        f"scale: txt2img_2_vs_1={two / one:.2f} sessions_per_s_1={one:.2f} "
-        f"sessions_per_s_2={two:.2f} claim_ms_pg={pg_ms:.3f} claim_ms_sqlite={sqlite_ms:.3f}"
+        f"scale: txt2img_2_vs_1={two.sessions_per_s / one.sessions_per_s:.2f} "
+        f"sessions_per_s_1={one.sessions_per_s:.2f} sessions_per_s_2={two.sessions_per_s:.2f} "
+        f"claim_ms_pg={pg_ms:.3f} claim_ms_sqlite={sqlite_ms:.3f}"
     )
 
 

@@ -43,6 +43,21 @@ class TestPostgres:
             admin.execute(f"CREATE DATABASE {name}")
         return self._server.get_uri(name)
 
+    def pids(self) -> list[int]:
+        """The server's processes now: the postmaster and its children (on Linux)."""
+        if self._folder is None:
+            return []
+        postmaster = int((self._folder / "data" / "postmaster.pid").read_text().split()[0])
+        children = []
+        for status in Path("/proc").glob("[0-9]*/status"):
+            try:
+                lines = status.read_text().splitlines()
+            except OSError:  # ended meanwhile
+                continue
+            if f"PPid:\t{postmaster}" in lines:
+                children.append(int(status.parent.name))
+        return [postmaster, *children]
+
     def stop(self) -> None:
         if self._server is not None:
             self._server.cleanup()
