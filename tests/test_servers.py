@@ -4,12 +4,15 @@ torch outside inference."""
 
 from __future__ import annotations
 
+import queue
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
@@ -135,3 +138,27 @@ def test_buf_curl_reaches_a_server_through_reflection(run_service, easel_env):
         [*curl, f"{url}/grpc.health.v1.Health/Check"], capture_output=True, text=True
     )
     assert '"status": "SERVING"' in health.stdout, health.stderr
+
+
+def test_a_server_renews_each_connection_after_its_age_and_lets_calls_on_it_finish(
+    run_service, easel_env
+):
+    """After max_connection_age_s the server asks its client to connect again (so a client
+    behind a DNS name re-resolves it); a stream in flight runs on meanwhile."""
+    service = run_service("downloader", env={**easel_env, "EASEL_MAX_CONNECTION_AGE_S": "0.5"})
+    wait_serving(service)
+    states: queue.Queue[grpc.ChannelConnectivity] = queue.Queue()
+    with grpc.insecure_channel(service.address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        watch = health.Watch(health_pb2.HealthCheckRequest())
+        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+        channel.subscribe(states.put)
+        while states.get(timeout=30) != grpc.ChannelConnectivity.READY:
+            pass
+        while states.get(timeout=30) == grpc.ChannelConnectivity.READY:
+            pass  # left READY: the server sent GOAWAY once the connection had its age
+        assert not watch.done()
+        reply = health.Check(health_pb2.HealthCheckRequest(), timeout=30)  # a new connection
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        assert not watch.done()
+        watch.cancel()

@@ -51,8 +51,13 @@ class ServiceServer:
         token = settings.auth_token.get_secret_value() if settings.auth_token else None
         self._server = aio.server(
             interceptors=[ServerCallInterceptor(domain, token)],
-            # gRPC's default lets a second server bind a busy port and take half its calls.
-            options=[*message_size_options(settings), ("grpc.so_reuseport", 0)],
+            options=[
+                *message_size_options(settings),
+                # gRPC's default lets a second server bind a busy port and take half its calls.
+                ("grpc.so_reuseport", 0),
+                # No grace limit: a generation's stream runs to its end on the old connection.
+                ("grpc.max_connection_age_ms", round(settings.max_connection_age_s * 1000)),
+            ],
         )
         self.address = self._bind(address)
         if settings.address_file is not None:

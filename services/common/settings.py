@@ -84,6 +84,12 @@ class CommonSettings(BaseSettings):
     max_message_bytes: int = Field(default=64 * 1024 * 1024, ge=4 * 1024 * 1024)
     """Largest gRPC message sent or received, in bytes (images cross as PNG bytes)."""
 
+    max_connection_age_s: float = Field(default=60.0, gt=0)
+    """Seconds a server keeps a client's connection before asking the client to make a new
+    one (calls in flight on it finish first): a client that reaches several servers through
+    one DNS name, as the invoker reaches its inference workers, resolves the name again
+    then, so servers added since get calls within this time."""
+
     auth_token: SecretStr | None = None
     """Bearer token: servers require it on every call but health checks; clients send it."""
 
