@@ -6,11 +6,19 @@ start it reads them back. Ids come from a persisted counter (`counters` row `job
 an id is never handed out twice, not even after its job was deleted. Every call runs on
 one worker thread, one after another: they stay off the event loop and land in the order
 they were asked for, so an older state of a job never overwrites a newer one.
+
+A service keeps its jobs in memory and this table only persists them: two processes on one
+table would each take up the other's unfinished jobs at start-up and run them twice. So the
+store holds an exclusive lock on a file beside the database (`<file>.<table>.lock`) from
+open to close, and a second store on the same table, in this process or another, is
+refused (JOB_STORE_IN_USE), as on PostgreSQL. The lock goes away with its process, even
+one killed with no chance to clean up, so a restarted service takes its table back.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -18,8 +26,10 @@ from typing import TypeVar
 
 import structlog
 
+from services.common.errors import FailedPreconditionError
 from services.common.migrations import Migration, migrate_sqlite
-from services.common.sqlite_files import open_wal_database
+from services.common.postgres_jobs import JOB_STORE_IN_USE
+from services.common.sqlite_files import claim_lock_file, open_wal_database
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -41,15 +51,31 @@ def sqlite_job_migrations(table: str) -> list[Migration]:
 
 
 class SqliteJobRows:
-    """One table of jobs (`id`, `job` as JSON text) and an id counter in a WAL-mode file."""
+    """One table of jobs (`id`, `job` as JSON text) and an id counter in a WAL-mode file;
+    refused with FailedPreconditionError (JOB_STORE_IN_USE) while another store holds
+    the table."""
 
     def __init__(self, path: Path, table: str) -> None:
         if not table.isidentifier():
             raise ValueError(f"not a table name: {table!r}")
         self._table = table
+        lock = path.with_name(f"{path.name}.{table}.lock")
+        held = claim_lock_file(lock)
+        if held is None:
+            raise FailedPreconditionError(
+                f"another process keeps its {table} in {path} (it holds the lock on {lock}); "
+                "run one such service per database file",
+                reason=JOB_STORE_IN_USE,
+                metadata={"table": table, "path": str(path)},
+            )
+        self._held = held
+        try:
+            self._db = open_wal_database(path)
+            migrate_sqlite(self._db, table, sqlite_job_migrations(table))
+        except BaseException:
+            os.close(held)
+            raise
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{table}-db")
-        self._db = open_wal_database(path)
-        migrate_sqlite(self._db, table, sqlite_job_migrations(table))
 
     async def allocate_id(self) -> int:
         """A new job id, never handed out before."""
@@ -80,10 +106,11 @@ class SqliteJobRows:
         await self._run(lambda: None)
 
     async def close(self) -> None:
-        """Finish the writes asked for, then close the file."""
+        """Finish the writes asked for, close the file, then free the table."""
         await self.flush()
         self._writer.shutdown(wait=True)
         self._db.close()
+        os.close(self._held)
 
     def _put(self, job_id: int, job: str) -> None:
         sql = f"INSERT OR REPLACE INTO {self._table} (id, job) VALUES (?, ?)"
