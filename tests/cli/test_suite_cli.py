@@ -10,38 +10,18 @@ import pytest
 
 from clients.sdk import EaselClient
 from easel.inference.v1 import model_cache_service_pb2 as cache_pb
-from easel.model_manager.v1 import model_pb2 as m
 from tests.cli.conftest import Easel
-from tests.conftest import SUITE_TOKEN
 from tests.model_fixtures import ModelZoo
-from tests.model_records import register_model
-from tests.processes import (
-    SERVICE_MODULES,
-    client_settings,
-    free_port,
-    start_service,
-    suite_env,
-    wait_serving,
-)
+from tests.model_records import register_upscaler
+from tests.processes import SERVICE_MODULES, client_settings, free_port, wait_serving
+from tests.running_suite import running_suite
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """The four services of one suite, for the whole module."""
-    folder = tmp_path_factory.mktemp("cli_suite")
-    root = folder / "root"
-    root.mkdir()
-    env = suite_env(root, EASEL_AUTH_TOKEN=SUITE_TOKEN)
-    started = []
-    try:
-        for name in ("downloader", "model_manager", "inference", "invoker"):
-            started.append(start_service(name, env, folder))
-        for service in started:
-            wait_serving(service)
-        yield env
-    finally:
-        for service in reversed(started):
-            service.stop()
+    with running_suite(tmp_path_factory.mktemp("cli_suite"), SERVICE_MODULES) as suite:
+        yield suite.env
 
 
 def test_status_shows_every_service_serving_at_its_address(env: dict[str, str]):
@@ -62,15 +42,7 @@ def test_cache_stats_list_the_loaded_models_and_clear_empties_it(
 ):
     easel = Easel(env)
     with EaselClient(client_settings(env)) as sdk:
-        key = register_model(
-            sdk,
-            "x4",
-            model_zoo.esrgan_x4,
-            base=m.BASE_MODEL_TYPE_ANY,
-            type=m.MODEL_TYPE_UPSCALER,
-            format=m.MODEL_FORMAT_CHECKPOINT,
-            upscaler=m.UpscalerSettings(scale=4),
-        )
+        key = register_upscaler(sdk, "x4", model_zoo.esrgan_x4, 4)
         sdk.model_cache.LoadModel(cache_pb.LoadModelRequest(key=key))
 
     stats = easel.json("cache", "stats")
@@ -105,15 +77,7 @@ def test_models_default_sets_lists_and_clears_the_default_of_a_type(
 ):
     easel = Easel(env)
     with EaselClient(client_settings(env)) as sdk:
-        key = register_model(
-            sdk,
-            "x2",
-            model_zoo.esrgan_x2,
-            base=m.BASE_MODEL_TYPE_ANY,
-            type=m.MODEL_TYPE_UPSCALER,
-            format=m.MODEL_FORMAT_CHECKPOINT,
-            upscaler=m.UpscalerSettings(scale=2),
-        )
+        key = register_upscaler(sdk, "x2", model_zoo.esrgan_x2, 2)
     assert "is the default upscaler model" in easel.ok("models", "default", key).stdout
     [default] = easel.json("models", "defaults")
     assert (default["model_type"], default["model_key"], default["source"]) == (

@@ -20,7 +20,6 @@ from easel.inference.v1 import generation_service_pb2 as gen_pb
 from easel.inference.v1 import generation_service_pb2_grpc
 from easel.invoker.v1 import graph_pb2
 from easel.invoker.v1 import session_service_pb2 as pb
-from easel.model_manager.v1 import model_pb2 as m
 from services.invoker.clients.inference_workers import (
     Worker,
     balanced_target,
@@ -28,17 +27,10 @@ from services.invoker.clients.inference_workers import (
     resolve_workers,
 )
 from services.invoker.settings import InvokerSettings
-from tests.conftest import SUITE_TOKEN
 from tests.model_fixtures import ModelZoo
-from tests.model_records import register_model
-from tests.processes import (
-    ServiceProcess,
-    address_key,
-    client_settings,
-    start_service,
-    suite_env,
-    wait_serving,
-)
+from tests.model_records import register_sd1
+from tests.processes import ServiceProcess
+from tests.running_suite import running_suite
 
 SIZE = 64
 WAIT_S = 120
@@ -55,37 +47,12 @@ class Suite:
 @pytest.fixture(scope="module")
 def suite(tmp_path_factory: pytest.TempPathFactory, model_zoo: ModelZoo) -> Iterator[Suite]:
     folder = tmp_path_factory.mktemp("inference_workers")
-    root = folder / "root"
-    root.mkdir()
-    env = suite_env(root, EASEL_AUTH_TOKEN=SUITE_TOKEN)
-    started: list[ServiceProcess] = []
-    try:
-        started.append(start_service("model_manager", env, folder))
-        workers = []
-        for index in (1, 2):
-            worker_root = folder / f"worker-{index}"
-            worker_root.mkdir()
-            worker_env = {**env, "EASEL_ROOT": str(worker_root)}
-            workers.append(start_service("inference", worker_env, folder))
-        started += workers
-        env[address_key("inference")] = ",".join(worker.address for worker in workers)
-        started.append(start_service("invoker", env, folder))
-        for service in started:
-            wait_serving(service)
-        with EaselClient(client_settings(env)) as client:
-            sd1 = register_model(
-                client,
-                "sd1",
-                model_zoo.sd1_diffusers,
-                base=m.BASE_MODEL_TYPE_SD_1,
-                type=m.MODEL_TYPE_MAIN,
-                format=m.MODEL_FORMAT_DIFFUSERS,
-                repo_variant=m.MODEL_REPO_VARIANT_DEFAULT,
-            )
-            yield Suite(client, workers, sd1)
-    finally:
-        for service in reversed(started):
-            service.stop()
+    names = ["model_manager", "inference", "invoker"]
+    with (
+        running_suite(folder, names, inference_workers=2) as running,
+        EaselClient(running.settings) as client,
+    ):
+        yield Suite(client, running.started("inference"), register_sd1(client, model_zoo))
 
 
 def txt2img(model_key: str, steps: int = 2, seed: int = 5) -> graph_pb2.Graph:

@@ -23,22 +23,14 @@ from easel.inference.v1 import generation_service_pb2 as gen_pb
 from easel.invoker.v1 import graph_pb2
 from easel.invoker.v1 import queue_service_pb2 as queue_pb
 from easel.invoker.v1 import session_service_pb2 as pb
-from easel.model_manager.v1 import model_pb2 as m
-from tests.conftest import SUITE_TOKEN
 from tests.invoker.test_inference_workers import WAIT_S, generations, txt2img
 from tests.invoker.test_invoker_replicas import Watcher, invoke, item, wait
 from tests.invoker.test_sessions_service import get
 from tests.model_fixtures import ModelZoo
-from tests.model_records import register_model
+from tests.model_records import register_sd1
 from tests.postgres import TestPostgres
-from tests.processes import (
-    ServiceProcess,
-    address_key,
-    client_settings,
-    start_service,
-    suite_env,
-    wait_serving,
-)
+from tests.processes import ServiceProcess, client_settings
+from tests.running_suite import running_suite
 
 LEASE_S = 3
 LONG = 1000
@@ -59,51 +51,22 @@ class Deployment:
 def deployment(
     tmp_path_factory: pytest.TempPathFactory, model_zoo: ModelZoo, postgres_server: TestPostgres
 ) -> Iterator[Deployment]:
-    folder = tmp_path_factory.mktemp("scale_out")
-    root = folder / "root"
-    root.mkdir()
-    env = suite_env(
-        root,
-        EASEL_AUTH_TOKEN=SUITE_TOKEN,
+    with running_suite(
+        tmp_path_factory.mktemp("scale_out"),
+        ["model_manager", "inference", "invoker"],
+        inference_workers=2,
+        invokers=2,
         EASEL_DATABASE_URL=postgres_server.new_database(),
         EASEL_QUEUE_LEASE_S=str(LEASE_S),
-    )
-    started: list[ServiceProcess] = []
-    clients: list[EaselClient] = []
-    try:
-        started.append(start_service("model_manager", env, folder))
-        workers = []
-        for index in (1, 2):
-            worker_root = folder / f"worker-{index}"
-            worker_root.mkdir()
-            workers.append(
-                start_service("inference", {**env, "EASEL_ROOT": str(worker_root)}, folder)
-            )
-        started += workers
-        env[address_key("inference")] = ",".join(worker.address for worker in workers)
-        invokers = []
-        for _ in (1, 2):
-            invoker_env = dict(env)
-            invokers.append(start_service("invoker", invoker_env, folder))
-            clients.append(EaselClient(client_settings(invoker_env)))
-        started += invokers
-        for service in started:
-            wait_serving(service)
-        sd1 = register_model(
-            clients[0],
-            "sd1",
-            model_zoo.sd1_diffusers,
-            base=m.BASE_MODEL_TYPE_SD_1,
-            type=m.MODEL_TYPE_MAIN,
-            format=m.MODEL_FORMAT_DIFFUSERS,
-            repo_variant=m.MODEL_REPO_VARIANT_DEFAULT,
-        )
-        yield Deployment(invokers, clients, workers, sd1)
-    finally:
-        for client in clients:
-            client.close()
-        for service in reversed(started):
-            service.stop()
+    ) as running:
+        invokers = running.started("invoker")
+        clients = [EaselClient(client_settings(invoker.env)) for invoker in invokers]
+        try:
+            sd1 = register_sd1(clients[0], model_zoo)
+            yield Deployment(invokers, clients, running.started("inference"), sd1)
+        finally:
+            for client in clients:
+                client.close()
 
 
 def queue(client: EaselClient, session_graph: graph_pb2.Graph) -> tuple[str, int]:

@@ -20,15 +20,15 @@ from google.protobuf import json_format
 from PIL import Image
 
 from clients.sdk import EaselClient
+from clients.sdk.graphs import edge, node
 from easel.inference.v1 import generation_service_pb2 as gen_pb
 from easel.invoker.v1 import graph_pb2
 from easel.invoker.v1 import image_service_pb2 as image_pb
 from easel.invoker.v1 import session_service_pb2 as pb
-from easel.model_manager.v1 import model_pb2 as m
-from tests.conftest import SUITE_TOKEN
+from tests.invoker.test_sessions_service import create
 from tests.model_fixtures import ModelZoo
-from tests.model_records import register_model
-from tests.processes import client_settings, start_service, suite_env, wait_serving
+from tests.model_records import register_sd1, register_upscaler
+from tests.running_suite import running_suite
 
 SIZE = 64
 STEPS = 2
@@ -45,58 +45,13 @@ class Suite:
 @pytest.fixture(scope="module")
 def suite(tmp_path_factory: pytest.TempPathFactory, model_zoo: ModelZoo) -> Iterator[Suite]:
     folder = tmp_path_factory.mktemp("sessions_e2e")
-    root = folder / "root"
-    root.mkdir()
-    env = suite_env(root, EASEL_AUTH_TOKEN=SUITE_TOKEN)
-    started = []
-    try:
-        for name in ("model_manager", "inference", "invoker"):
-            started.append(start_service(name, env, folder))
-        for service in started:
-            wait_serving(service)
-        with EaselClient(client_settings(env)) as client:
-            sd1 = register_model(
-                client,
-                "sd1",
-                model_zoo.sd1_diffusers,
-                base=m.BASE_MODEL_TYPE_SD_1,
-                type=m.MODEL_TYPE_MAIN,
-                format=m.MODEL_FORMAT_DIFFUSERS,
-                repo_variant=m.MODEL_REPO_VARIANT_DEFAULT,
-            )
-            x4 = register_model(
-                client,
-                "x4",
-                model_zoo.esrgan_x4,
-                base=m.BASE_MODEL_TYPE_ANY,
-                type=m.MODEL_TYPE_UPSCALER,
-                format=m.MODEL_FORMAT_CHECKPOINT,
-                upscaler=m.UpscalerSettings(scale=4),
-            )
-            yield Suite(client, sd1, x4)
-    finally:
-        for service in reversed(started):
-            service.stop()
-
-
-def node(node_id: str, type_name: str, **inputs: Any) -> graph_pb2.Node:
-    message = graph_pb2.Node(id=node_id, type=type_name)
-    message.inputs.update(inputs)
-    return message
-
-
-def edge(source: str, destination: str) -> graph_pb2.Edge:
-    source_node, source_field = source.split(".")
-    destination_node, destination_field = destination.split(".")
-    return graph_pb2.Edge(
-        source=graph_pb2.EdgeConnection(node_id=source_node, field=source_field),
-        destination=graph_pb2.EdgeConnection(node_id=destination_node, field=destination_field),
-    )
-
-
-def create(client: EaselClient, nodes, edges=()) -> pb.Session:
-    request = pb.CreateSessionRequest(graph=graph_pb2.Graph(nodes=nodes, edges=edges))
-    return client.sessions.CreateSession(request).session
+    with (
+        running_suite(folder, ["model_manager", "inference", "invoker"]) as running,
+        EaselClient(running.settings) as client,
+    ):
+        sd1 = register_sd1(client, model_zoo)
+        x4 = register_upscaler(client, "x4", model_zoo.esrgan_x4, 4)
+        yield Suite(client, sd1, x4)
 
 
 def denoising(**inputs: Any) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import pytest
 from google.protobuf import json_format
 
 from clients.sdk import EaselClient
+from clients.sdk.graphs import edge, node
 from easel.invoker.v1 import graph_pb2
 from easel.invoker.v1 import queue_service_pb2 as queue_pb
 from easel.invoker.v1 import session_service_pb2 as pb
@@ -70,21 +71,6 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EaselClient]:
             yield easel
     finally:
         service.stop()
-
-
-def node(node_id: str, type_name: str, **inputs: Any) -> graph_pb2.Node:
-    message = graph_pb2.Node(id=node_id, type=type_name)
-    message.inputs.update(inputs)
-    return message
-
-
-def edge(source: str, destination: str) -> graph_pb2.Edge:
-    source_node, source_field = source.split(".")
-    destination_node, destination_field = destination.split(".")
-    return graph_pb2.Edge(
-        source=graph_pb2.EdgeConnection(node_id=source_node, field=source_field),
-        destination=graph_pb2.EdgeConnection(node_id=destination_node, field=destination_field),
-    )
 
 
 def create(client: EaselClient, nodes=(), edges=()) -> pb.Session:

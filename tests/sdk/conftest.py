@@ -10,12 +10,11 @@ from pathlib import Path
 import pytest
 
 from clients.sdk import EaselClient
-from easel.model_manager.v1 import model_pb2 as m
 from services.common.settings import CommonSettings
-from tests.conftest import SUITE_TOKEN
 from tests.model_fixtures import ModelZoo
-from tests.model_records import register_model
-from tests.processes import SERVICE_MODULES, client_settings, start_service, suite_env, wait_serving
+from tests.model_records import register_sd1
+from tests.processes import SERVICE_MODULES, client_settings
+from tests.running_suite import running_suite
 
 
 @dataclass
@@ -32,27 +31,7 @@ class Services:
 
 @pytest.fixture(scope="package")
 def services(tmp_path_factory: pytest.TempPathFactory, model_zoo: ModelZoo) -> Iterator[Services]:
-    folder = tmp_path_factory.mktemp("sdk")
-    root = folder / "root"
-    root.mkdir()
-    env = suite_env(root, EASEL_AUTH_TOKEN=SUITE_TOKEN)
-    started = []
-    try:
-        for name in SERVICE_MODULES:
-            started.append(start_service(name, env, folder))
-        for service in started:
-            wait_serving(service)
-        with EaselClient(client_settings(env)) as client:
-            sd1 = register_model(
-                client,
-                "sd1",
-                model_zoo.sd1_diffusers,
-                base=m.BASE_MODEL_TYPE_SD_1,
-                type=m.MODEL_TYPE_MAIN,
-                format=m.MODEL_FORMAT_DIFFUSERS,
-                repo_variant=m.MODEL_REPO_VARIANT_DEFAULT,
-            )
-        yield Services(env, root, sd1)
-    finally:
-        for service in reversed(started):
-            service.stop()
+    with running_suite(tmp_path_factory.mktemp("sdk"), SERVICE_MODULES) as suite:
+        with EaselClient(suite.settings) as client:
+            sd1 = register_sd1(client, model_zoo)
+        yield Services(suite.env, suite.root, sd1)
