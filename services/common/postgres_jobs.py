@@ -13,11 +13,26 @@ first process holds a session-level advisory lock named for the table for as lon
 connection lives; a second one waits LOCK_WAIT_S for it, then is refused at start-up
 (JOB_STORE_IN_USE). The lock goes away with the first process, even one killed with no
 chance to clean up, so a restarted service takes its table back.
+
+The lock also goes away with the connection, so the writer takes it back when it
+reconnects. A write that fails because the connection is gone (PostgreSQL restarted, the
+backend terminated, the network cut) is not dropped: the writer reconnects, retrying with
+a backoff of up to RECONNECT_MAX_S, ends its own old backend should the server still keep
+it (it is found by the connection's application_name, unique to this process), takes the
+lock again and makes that write once more, then the ones queued after it, so none is lost
+or reordered; callers wait meanwhile. Every write is idempotent (an upsert, a delete, a
+read), so making one twice is harmless; an id asked for twice only skips a number. Should
+another process hold the lock by then, it has taken the table over while this one was cut
+off: this process logs an error and from then on refuses every call with
+FailedPreconditionError (JOB_STORE_IN_USE), not UnavailableError, since waiting will not
+help; `put_soon` writes are refused the same way and logged. It must be restarted once
+only one such service runs on the database.
 """
 
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
@@ -27,6 +42,7 @@ import structlog
 from services.common.database_url import redact
 from services.common.errors import FailedPreconditionError
 from services.common.migrations import Migration, advisory_lock_key, migrate_postgres_at
+from services.common.postgres_pool import connection_lost
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -34,6 +50,8 @@ Work = Callable[[psycopg.AsyncConnection], Awaitable[Any]]
 
 JOB_STORE_IN_USE = "JOB_STORE_IN_USE"
 LOCK_WAIT_S = 2
+RECONNECT_FIRST_S = 0.1
+RECONNECT_MAX_S = 5
 
 
 def table_lock_key(table: str) -> int:
@@ -55,9 +73,12 @@ def postgres_job_migrations(table: str) -> list[Migration]:
 class PostgresJobRows:
     """One table of jobs (`id`, `job` as JSON text) and its id sequence; `open` makes one."""
 
-    def __init__(self, db: psycopg.AsyncConnection, table: str) -> None:
+    def __init__(self, db: psycopg.AsyncConnection, url: str, table: str, name: str) -> None:
         self._db = db
+        self._url = url
         self._table = table
+        self._name = name
+        self._lost: FailedPreconditionError | None = None
         self._queue: asyncio.Queue[tuple[Work, asyncio.Future[Any] | None] | None] = asyncio.Queue()
         self._writer = asyncio.create_task(self._write_in_order(), name=f"{table}-writer")
 
@@ -68,24 +89,17 @@ class PostgresJobRows:
         if not table.isidentifier():
             raise ValueError(f"not a table name: {table!r}")
         await asyncio.to_thread(migrate_postgres_at, url, table, postgres_job_migrations(table))
-        db = await psycopg.AsyncConnection.connect(url, autocommit=True)
+        name = f"easel {table} {uuid.uuid4().hex[:12]}"
         try:
-            # A holder that just went away frees the lock a moment later: wait that long.
-            await db.execute(f"SET lock_timeout = '{LOCK_WAIT_S}s'")
-            await db.execute("SELECT pg_advisory_lock(%s)", (table_lock_key(table),))
-            await db.execute("SET lock_timeout = 0")
+            db = await _take_table(url, table, name)
         except psycopg.errors.LockNotAvailable:
-            await db.close()
             raise FailedPreconditionError(
                 f"another process keeps its {table} in {redact(url)}; "
                 "run one such service per database",
                 reason=JOB_STORE_IN_USE,
                 metadata={"table": table},
             ) from None
-        except BaseException:
-            await db.close()
-            raise
-        return cls(db, table)
+        return cls(db, url, table, name)
 
     async def allocate_id(self) -> int:
         """A new job id, never handed out before."""
@@ -136,10 +150,16 @@ class PostgresJobRows:
         """Finish the writes asked for, free the table, then close the connection."""
         self._queue.put_nowait(None)
         await self._writer
+        if self._lost is not None:
+            await self._db.close()
+            return
         try:
             # Now, not when the server notices the closed connection: a process that
             # opens the table right after this one closes it finds it free.
             await self._db.execute("SELECT pg_advisory_unlock(%s)", (table_lock_key(self._table),))
+        except psycopg.OperationalError as exc:
+            if not connection_lost(self._db, exc):
+                raise  # the lock went with a lost connection
         finally:
             await self._db.close()
 
@@ -162,7 +182,7 @@ class PostgresJobRows:
         while (item := await self._queue.get()) is not None:
             work, done = item
             try:
-                result = await work(self._db)
+                result = await self._write(work)
             except Exception as exc:
                 if done is None:
                     log.error("writing a job failed", table=self._table, exc_info=exc)
@@ -171,3 +191,70 @@ class PostgresJobRows:
                 continue
             if done is not None and not done.cancelled():
                 done.set_result(result)
+
+    async def _write(self, work: Work) -> Any:
+        """`work` done on the connection, made again on a new one as long as the
+        connection is lost."""
+        while self._lost is None:
+            try:
+                return await work(self._db)
+            except psycopg.OperationalError as exc:
+                if not connection_lost(self._db, exc):
+                    raise
+                log.warning(
+                    "lost the connection to the job table", table=self._table, error=str(exc)
+                )
+            await self._reconnect()
+        raise self._lost
+
+    async def _reconnect(self) -> None:
+        """A new connection holding the table's lock, or `_lost` set when another
+        process holds it; tries until one of the two."""
+        await self._db.close()
+        delay = RECONNECT_FIRST_S
+        while True:
+            try:
+                self._db = await _take_table(self._url, self._table, self._name)
+            except psycopg.errors.LockNotAvailable:
+                self._lost = FailedPreconditionError(
+                    f"another process took over {self._table} in {redact(self._url)} while "
+                    "this one was cut off from it; restart this service once only one such "
+                    "service runs per database",
+                    reason=JOB_STORE_IN_USE,
+                    metadata={"table": self._table},
+                )
+                log.error("job table taken over by another process", table=self._table)
+                return
+            except psycopg.OperationalError as exc:
+                log.warning(
+                    "reconnecting to the job table failed",
+                    table=self._table,
+                    error=str(exc),
+                    retry_in_s=delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RECONNECT_MAX_S)
+                continue
+            log.info("reconnected to the job table", table=self._table)
+            return
+
+
+async def _take_table(url: str, table: str, name: str) -> psycopg.AsyncConnection:
+    """A connection named `name` holding `table`'s lock; LockNotAvailable when another
+    process keeps it past LOCK_WAIT_S. A backend of ours the server still keeps from a
+    connection cut off (named `name` too) is ended first, freeing the lock it holds."""
+    db = await psycopg.AsyncConnection.connect(url, autocommit=True, application_name=name)
+    try:
+        await db.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE application_name = %s AND pid <> pg_backend_pid()",
+            (name,),
+        )
+        # A holder that just went away frees the lock a moment later: wait that long.
+        await db.execute(f"SET lock_timeout = '{LOCK_WAIT_S}s'")
+        await db.execute("SELECT pg_advisory_lock(%s)", (table_lock_key(table),))
+        await db.execute("SET lock_timeout = 0")
+    except BaseException:
+        await db.close()
+        raise
+    return db
