@@ -35,6 +35,7 @@ claim_ms_sqlite=X`.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import statistics
 import tempfile
@@ -49,9 +50,9 @@ from clients.sdk import EaselClient
 from easel.invoker.v1 import graph_pb2
 from easel.invoker.v1 import session_service_pb2 as pb
 from easel.model_manager.v1 import model_pb2 as m
-from services.invoker.queue.items import QueueStore, RunMode
-from services.invoker.queue.postgres_store import PostgresQueueStore
-from services.invoker.queue.sqlite_store import SqliteQueueStore
+from services.invoker.queue.items import RunMode
+from services.invoker.queue.stores import open_queue_store
+from services.invoker.sessions.writer import database_writer
 from tests.model_fixtures import ModelZoo
 from tests.model_records import register_model
 from tests.postgres import TestPostgres
@@ -209,16 +210,22 @@ def ceiling(two: Run, one: Run) -> float:
     return (os.cpu_count() or 1) / sum(two.cpu_ms.values()) * 1000 / one.sessions_per_s
 
 
-def claim_ms(store: QueueStore) -> float:
-    """Median ms of one claim of a pending item."""
+async def claim_ms(database_url: str, sqlite_path: Path) -> float:
+    """Median ms of one claim of a pending item by the invoker's queue store."""
+    writer = database_writer()
+    store = await open_queue_store(database_url, sqlite_path, writer, "bench")
     times = []
-    for index in range(CLAIMS):
-        store.add(f"session-{index}", RunMode.ALL, 0, datetime.now(UTC))
-        start = time.perf_counter()
-        item = store.claim_next(datetime.now(UTC))
-        times.append((time.perf_counter() - start) * 1000)
-        if item is None:
-            raise RuntimeError("nothing was claimed")
+    try:
+        for index in range(CLAIMS):
+            await store.add(f"session-{index}", RunMode.ALL, 0, datetime.now(UTC))
+            start = time.perf_counter()
+            item = await store.claim_next(datetime.now(UTC))
+            times.append((time.perf_counter() - start) * 1000)
+            if item is None:
+                raise RuntimeError("nothing was claimed")
+    finally:
+        await store.close()
+        writer.shutdown()
     return statistics.median(times)
 
 
@@ -230,18 +237,10 @@ def main() -> None:
         try:
             one = txt2img_run(folder / "one", postgres, zoo, 1)
             two = txt2img_run(folder / "two", postgres, zoo, 2)
-            store = PostgresQueueStore(postgres.new_database(), "bench", 30.0)
-            try:
-                pg_ms = claim_ms(store)
-            finally:
-                store.close()
+            pg_ms = asyncio.run(claim_ms(postgres.new_database(), folder / "unused.db"))
         finally:
             postgres.stop()
-        sqlite = SqliteQueueStore(folder / "queue.db")
-        try:
-            sqlite_ms = claim_ms(sqlite)
-        finally:
-            sqlite.close()
+        sqlite_ms = asyncio.run(claim_ms("sqlite:", folder / "queue.db"))
     print(f"scale_trivial: sessions_per_s={one.trivial_per_s:.2f} invokers={INVOKERS}")
     print(cpu_line("scale_cpu_1", one))
     print(f"{cpu_line('scale_cpu_2', two)} cores={os.cpu_count()} ceiling={ceiling(two, one):.2f}")

@@ -54,8 +54,7 @@ class PostgresPool:
         max_size: int = 4,
     ) -> None:
         self.location = redact(url)
-        self._what = what
-        self._unavailable_reason = unavailable_reason
+        self._errors = StoreErrors(what, self.location, unavailable_reason)
         self._pool = ConnectionPool(
             url, min_size=1, max_size=max_size, kwargs={"autocommit": True}, open=False
         )
@@ -63,7 +62,7 @@ class PostgresPool:
             try:
                 self._pool.open(wait=True, timeout=30)
             except PoolTimeout as exc:
-                raise self._unreachable(exc) from None
+                raise self._errors.unreachable(exc) from None
             with self.connection() as db:
                 migrate_postgres(db, component, migrations)
         except BaseException:
@@ -78,29 +77,44 @@ class PostgresPool:
                 try:
                     yield db
                 except psycopg.OperationalError as exc:
-                    if connection_lost(db, exc):
-                        raise self._unreachable(exc) from None
-                    if refused_for_now(exc):
-                        raise self._unavailable(
-                            f"is busy or short of resources: {exc}", exc
-                        ) from None
+                    if (reported := self._errors.of(db, exc)) is not None:
+                        raise reported from None
                     raise
         except (PoolTimeout, PoolClosed) as exc:
-            raise self._unreachable(exc) from None
+            raise self._errors.unreachable(exc) from None
 
     def close(self) -> None:
         self._pool.close()
 
-    def _unreachable(self, exc: psycopg.OperationalError) -> UnavailableError:
+
+class StoreErrors:
+    """The errors of one store's database, as the module says."""
+
+    def __init__(self, what: str, location: str, unavailable_reason: str) -> None:
+        self._what = what
+        self._location = location
+        self._reason = unavailable_reason
+
+    def of(
+        self, db: psycopg.BaseConnection, exc: psycopg.OperationalError
+    ) -> UnavailableError | None:
+        """What `exc`, raised on `db`, is reported as; None: as psycopg raised it."""
+        if connection_lost(db, exc):
+            return self.unreachable(exc)
+        if refused_for_now(exc):
+            return self._unavailable(f"is busy or short of resources: {exc}", exc)
+        return None
+
+    def unreachable(self, exc: Exception) -> UnavailableError:
         return self._unavailable(f"cannot be reached: {exc}", exc)
 
-    def _unavailable(self, what_happened: str, exc: psycopg.OperationalError) -> UnavailableError:
-        metadata = {"location": self.location}
-        if exc.sqlstate:
+    def _unavailable(self, what_happened: str, exc: Exception) -> UnavailableError:
+        metadata = {"location": self._location}
+        if isinstance(exc, psycopg.Error) and exc.sqlstate:
             metadata["sqlstate"] = exc.sqlstate
         return UnavailableError(
-            f"{self._what} {self.location} {what_happened}",
-            reason=self._unavailable_reason,
+            f"{self._what} {self._location} {what_happened}",
+            reason=self._reason,
             metadata=metadata,
         )
 

@@ -3,8 +3,6 @@ models per type."""
 
 from __future__ import annotations
 
-import asyncio
-
 from grpc import aio
 
 from easel.invoker.v1 import invocation_service_pb2 as pb
@@ -52,16 +50,14 @@ class InvocationServicer(invocation_service_pb2_grpc.InvocationServiceServicer):
         if not request.model_key:
             raise InvalidArgumentError("model_key must not be empty", field="model_key")
         model = await self._models.get(request.model_key)
-        default = await asyncio.to_thread(
-            self._defaults.set, model_type, request.model_key, model.type
-        )
+        default = await self._defaults.set(model_type, request.model_key, model.type)
         return pb.SetDefaultModelResponse(default_model=convert.default_model_to_pb(default))
 
     async def DeleteDefaultModel(
         self, request: pb.DeleteDefaultModelRequest, context: aio.ServicerContext
     ) -> pb.DeleteDefaultModelResponse:
         model_type = convert.MODEL_TYPE.required(request.model_type, "model_type")
-        default = await asyncio.to_thread(self._defaults.delete, model_type)
+        default = await self._defaults.delete(model_type)
         if default is None:
             return pb.DeleteDefaultModelResponse()
         return pb.DeleteDefaultModelResponse(default_model=convert.default_model_to_pb(default))

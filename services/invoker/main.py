@@ -37,7 +37,7 @@ from services.invoker.sessions.context import ServiceStubs, context_factory
 from services.invoker.sessions.manager import SessionManager
 from services.invoker.sessions.shared import SharedSessionManager
 from services.invoker.sessions.stores import open_session_store
-from services.invoker.sessions.writer import WriterDefaultModelStore, database_writer
+from services.invoker.sessions.writer import database_writer
 from services.invoker.settings import InvokerSettings
 
 DOMAIN = "easel.invoker.v1"
@@ -46,14 +46,10 @@ DOMAIN = "easel.invoker.v1"
 async def build(server: ServiceServer, settings: InvokerSettings) -> None:
     registry = load_registry(settings.custom_nodes_dir)
     database_url, replica_id = settings.database_url, new_replica_id()
-    writer = database_writer()  # every store of sessions.db writes on this one thread
-    defaults = await asyncio.to_thread(
-        lambda: DefaultModels(
-            WriterDefaultModelStore(
-                open_default_model_store(database_url, settings.sessions_db, replica_id), writer
-            ),
-            settings.default_models,
-        )
+    writer = database_writer()  # every store of sessions.db runs its calls on this thread
+    defaults = await DefaultModels.open(
+        await open_default_model_store(database_url, settings.sessions_db, writer, replica_id),
+        settings.default_models,
     )
     models = ModelRecordsClient(settings, defaults)
     server.add_service(
@@ -69,13 +65,8 @@ async def build(server: ServiceServer, settings: InvokerSettings) -> None:
         server serves."""
         sessions.get(session_id)
 
-    images = await asyncio.to_thread(
-        partial(
-            open_image_library,
-            settings.root,
-            check_session=check_session,
-            database_url=database_url,
-        )
+    images = await open_image_library(
+        settings.root, check_session=check_session, database_url=database_url
     )
     server.add_service(
         image_service_pb2, image_service_pb2_grpc, "ImageService", ImageServicer(images)
@@ -85,30 +76,23 @@ async def build(server: ServiceServer, settings: InvokerSettings) -> None:
         settings, previews_wanted=lambda session_id: sessions.wants_previews(session_id)
     )
     stubs = ServiceStubs(images, inference, models)
-    session_store, queue_store = await asyncio.to_thread(
-        lambda: (
-            open_session_store(database_url, settings.sessions_db, replica_id),
-            open_queue_store(
-                database_url, settings.sessions_db, replica_id, settings.queue_lease_s
-            ),
-        )
+    session_store = await open_session_store(database_url, settings.sessions_db, writer, replica_id)
+    queue_store = await open_queue_store(
+        database_url, settings.sessions_db, writer, replica_id, settings.queue_lease_s
     )
     parts = (registry, session_store, queue_store, partial(context_factory, stubs))
     cache = OutputCache(settings.node_cache_size) if settings.node_cache_size else None
     url = postgres_url(database_url)
     if url is None:
-        sessions = SessionManager(
-            *parts, cache=cache, failure_code=session_convert.failure_code, writer=writer
-        )
+        sessions = SessionManager(*parts, cache=cache, failure_code=session_convert.failure_code)
     else:
         # Invoker processes on one database share the queue, the sessions and their events.
         link = ReplicaLink(url, replica_id)
-        link.on(DEFAULTS_CHANNEL, lambda message: asyncio.to_thread(defaults.reload))
+        link.on(DEFAULTS_CHANNEL, lambda message: defaults.reload())
         sessions = SharedSessionManager(
             *parts,
             cache=cache,
             failure_code=session_convert.failure_code,
-            writer=writer,
             link=link,
             encode_event=session_convert.event_to_bytes,
             decode_event=session_convert.event_from_bytes,
@@ -128,8 +112,8 @@ async def build(server: ServiceServer, settings: InvokerSettings) -> None:
         await sessions.close()
         await inference.close()
         await models.close()
-        images.close()
-        defaults.close()
+        await images.close()
+        await defaults.close()
         await asyncio.to_thread(writer.shutdown)
 
     server.on_shutdown(close)

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import psycopg
 
 from services.common.migrations import Migration
-from services.common.postgres_pool import PostgresPool
+from services.common.postgres_async_pool import AsyncPostgresPool
 
 SESSIONS_CHANNEL = "invoker_sessions"
 """`<replica> <session id>`: the session's stored state changed (or it was deleted)."""
@@ -28,11 +28,11 @@ DEFAULTS_CHANNEL = "invoker_default_models"
 """`<replica> changed`: the default models set through the API changed."""
 
 
-def invoker_pool(
+async def invoker_pool(
     url: str, component: str, migrations: Sequence[Migration], max_size: int = 4
-) -> PostgresPool:
-    """The pool of one of the invoker's stores."""
-    return PostgresPool(
+) -> AsyncPostgresPool:
+    """The pool of one of the invoker's stores, its tables migrated."""
+    return await AsyncPostgresPool.open(
         url,
         component,
         migrations,
@@ -42,6 +42,6 @@ def invoker_pool(
     )
 
 
-def notify(db: psycopg.Connection, channel: str, payload: str) -> None:
+async def notify(db: psycopg.AsyncConnection, channel: str, payload: str) -> None:
     """Announce `payload` on `channel`, delivered when `db`'s transaction commits."""
-    db.execute("SELECT pg_notify(%s, %s)", (channel, payload))
+    await db.execute("SELECT pg_notify(%s, %s)", (channel, payload))

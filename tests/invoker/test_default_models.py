@@ -20,7 +20,8 @@ from services.common import errors
 from services.common.model_taxonomy import ModelType
 from services.common.settings import CommonSettings
 from services.invoker.clients.model_records import ModelRecordsClient
-from services.invoker.invocations.model_defaults import DefaultModels, SqliteDefaultModelStore
+from services.invoker.invocations.model_defaults import DefaultModels, open_default_model_store
+from services.invoker.sessions.writer import database_writer
 from services.invoker.settings import InvokerSettings
 from tests.conftest import SUITE_TOKEN
 from tests.model_fixtures import ModelZoo
@@ -83,8 +84,13 @@ def installed(tmp_path_factory: pytest.TempPathFactory, model_zoo: ModelZoo) -> 
         manager.stop()
 
 
-def defaults(path: Path, configured: dict[ModelType, str] | None = None) -> DefaultModels:
-    return DefaultModels(SqliteDefaultModelStore(path), configured or {})
+WRITER = database_writer()
+"""The writer thread of the tests' SQLite files."""
+
+
+async def defaults(path: Path, configured: dict[ModelType, str] | None = None) -> DefaultModels:
+    store = await open_default_model_store("sqlite:", path, WRITER)
+    return await DefaultModels.open(store, configured or {})
 
 
 async def test_the_configured_default_wins_over_several_installed(
@@ -92,7 +98,7 @@ async def test_the_configured_default_wins_over_several_installed(
 ) -> None:
     chosen = installed.mains[1]
     models = ModelRecordsClient(
-        installed.settings, defaults(tmp_path / "s.db", {ModelType.MAIN: chosen})
+        installed.settings, await defaults(tmp_path / "s.db", {ModelType.MAIN: chosen})
     )
     try:
         assert await models.default_key("model", ModelType.MAIN) == chosen
@@ -105,12 +111,12 @@ async def test_a_set_default_wins_over_the_setting_at_once_and_clearing_it_resto
     installed: Installed, tmp_path: Path
 ) -> None:
     configured, chosen = installed.mains
-    chosen_defaults = defaults(tmp_path / "s.db", {ModelType.MAIN: configured})
+    chosen_defaults = await defaults(tmp_path / "s.db", {ModelType.MAIN: configured})
     models = ModelRecordsClient(installed.settings, chosen_defaults)
     try:
-        chosen_defaults.set(ModelType.MAIN, chosen, ModelType.MAIN)
+        await chosen_defaults.set(ModelType.MAIN, chosen, ModelType.MAIN)
         assert await models.default_key("model", ModelType.MAIN) == chosen
-        chosen_defaults.delete(ModelType.MAIN)
+        await chosen_defaults.delete(ModelType.MAIN)
         assert await models.default_key("model", ModelType.MAIN) == configured
     finally:
         await models.close()

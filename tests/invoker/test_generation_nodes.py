@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import io
 import shutil
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,10 +31,9 @@ from services.invoker.invocations.base import BaseInvocation
 from services.invoker.invocations.context import InvocationContext, ProgressSink
 from services.invoker.invocations.fields import ModelRef
 from services.invoker.sessions.context import NodeImages
-from tests.conftest import SUITE_TOKEN
 from tests.model_fixtures import ModelZoo
-from tests.model_records import register_model
-from tests.processes import client_settings, start_service, suite_env, wait_serving
+from tests.model_records import register_model, register_sd1, register_upscaler
+from tests.running_suite import running_suite
 
 SIZE = 64
 STEPS = 2
@@ -57,36 +56,18 @@ class Services:
 
 
 @pytest.fixture(scope="module")
-def suite(tmp_path_factory: pytest.TempPathFactory, model_zoo: ModelZoo) -> Iterator[Suite]:
+async def suite(
+    tmp_path_factory: pytest.TempPathFactory, model_zoo: ModelZoo
+) -> AsyncIterator[Suite]:
     folder = tmp_path_factory.mktemp("generation_nodes")
-    root = folder / "root"
-    root.mkdir()
-    env = suite_env(root, EASEL_AUTH_TOKEN=SUITE_TOKEN)
-    manager = start_service("model_manager", env, folder)
-    inference = start_service("inference", env, folder)
-    library = open_image_library(folder / "images")
+    library = await open_image_library(folder / "images")
     try:
-        wait_serving(manager)
-        wait_serving(inference)
-        with EaselClient(client_settings(env)) as client:
-            sd1 = register_model(
-                client,
-                "sd1",
-                model_zoo.sd1_diffusers,
-                base=m.BASE_MODEL_TYPE_SD_1,
-                type=m.MODEL_TYPE_MAIN,
-                format=m.MODEL_FORMAT_DIFFUSERS,
-                repo_variant=m.MODEL_REPO_VARIANT_DEFAULT,
-            )
-            register_model(
-                client,
-                "x4",
-                model_zoo.esrgan_x4,
-                base=m.BASE_MODEL_TYPE_ANY,
-                type=m.MODEL_TYPE_UPSCALER,
-                format=m.MODEL_FORMAT_CHECKPOINT,
-                upscaler=m.UpscalerSettings(scale=4),
-            )
+        with (
+            running_suite(folder, ["model_manager", "inference"]) as running,
+            EaselClient(running.settings) as client,
+        ):
+            sd1 = register_sd1(client, model_zoo)
+            register_upscaler(client, "x4", model_zoo.esrgan_x4, 4)
             embedding = dict(
                 type=m.MODEL_TYPE_TEXTUAL_INVERSION, format=m.MODEL_FORMAT_EMBEDDING_FILE
             )
@@ -100,11 +81,9 @@ def suite(tmp_path_factory: pytest.TempPathFactory, model_zoo: ModelZoo) -> Iter
             for copy in ("twin_a.pt", "twin_b.pt"):
                 path = shutil.copy(model_zoo.sd1_embedding_pt, folder / copy)
                 register_model(client, "twin", path, m.BASE_MODEL_TYPE_SD_1, **embedding)
-            yield Suite(client, client_settings(env), library, sd1, style)
+            yield Suite(client, running.settings, library, sd1, style)
     finally:
-        library.close()
-        inference.stop()
-        manager.stop()
+        await library.close()
 
 
 @pytest.fixture

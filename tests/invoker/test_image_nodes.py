@@ -5,7 +5,7 @@ bad input refused naming the field."""
 from __future__ import annotations
 
 import io
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -24,10 +24,10 @@ GRAPH = {"nodes": {"node": {"type": "show_image"}}, "edges": []}
 
 
 @pytest.fixture
-def library(tmp_path: Path) -> Iterator[ImageLibrary]:
-    opened = open_image_library(tmp_path)
+async def library(tmp_path: Path) -> AsyncIterator[ImageLibrary]:
+    opened = await open_image_library(tmp_path)
     yield opened
-    opened.close()
+    await opened.close()
 
 
 def context_for(library: ImageLibrary, node: BaseInvocation) -> InvocationContext:

@@ -28,6 +28,7 @@ from services.invoker.images.records import (
     ImageChanges,
     ImageOrigin,
     ImageQuery,
+    ImageRecordStore,
 )
 from services.invoker.images.stores import open_image_records
 
@@ -50,12 +51,15 @@ def pieces(data: bytes, size: int) -> Iterable[bytes]:
 
 
 class Setup:
-    def __init__(self, root: Path, database_url: str = "sqlite:", **limits: int) -> None:
+    def __init__(self, root: Path, store: ImageRecordStore, **limits: int) -> None:
         self.folder = root / "outputs" / "images"
-        self.db = root / "databases" / "images.db"
-        self.store = open_image_records(database_url, self.db)
+        self.store = store
         self.files = ImageFiles(self.folder)
         self.library = ImageLibrary(self.store, self.files, **limits)
+
+    @classmethod
+    async def open(cls, root: Path, database_url: str = "sqlite:", **limits: int) -> Setup:
+        return cls(root, await open_image_records(database_url, images_db(root)), **limits)
 
     def stored_files(self) -> list[str]:
         return sorted(
@@ -66,12 +70,16 @@ class Setup:
         return (await self.library.list(ImageQuery(), 0, 1000))[1]
 
 
+def images_db(root: Path) -> Path:
+    return root / "databases" / "images.db"
+
+
 @pytest.fixture
-def setup(tmp_path: Path, database_url: str):
+async def setup(tmp_path: Path, database_url: str):
     """The library with its records on each engine."""
-    made = Setup(tmp_path, database_url)
+    made = await Setup.open(tmp_path, database_url)
     yield made
-    made.store.close()
+    await made.store.close()
 
 
 async def test_upload_stores_file_thumbnail_and_record(setup: Setup):
@@ -253,7 +261,7 @@ async def test_missing_file_is_failed_precondition_and_a_missing_thumbnail_is_re
     ],
 )
 async def test_a_refused_upload_changes_nothing(tmp_path, new, chunks, error, reason, field):
-    setup = Setup(tmp_path, max_bytes=10_000, max_pixels=100 * 100)
+    setup = await Setup.open(tmp_path, max_bytes=10_000, max_pixels=100 * 100)
     await setup.library.upload(NewImage(), stream(png()))
     before = setup.stored_files()
     with pytest.raises(error) as caught:
@@ -266,7 +274,7 @@ async def test_a_refused_upload_changes_nothing(tmp_path, new, chunks, error, re
         )
     assert setup.stored_files() == before
     assert await setup.count() == 1
-    setup.store.close()
+    await setup.store.close()
 
 
 async def test_an_unknown_session_is_refused_before_any_byte_is_read(tmp_path):
@@ -274,32 +282,34 @@ async def test_an_unknown_session_is_refused_before_any_byte_is_read(tmp_path):
         if session_id != "known":
             raise errors.NotFoundError("no such session", reason="SESSION_NOT_FOUND")
 
-    setup = Setup(tmp_path)
+    setup = await Setup.open(tmp_path)
     setup.library = ImageLibrary(setup.store, setup.files, check_session=check)
     with pytest.raises(errors.NotFoundError):
         await setup.library.upload(NewImage(session_id="other"), stream(png()))
     assert await setup.count() == 0
     assert setup.stored_files() == []
     assert (await setup.library.upload(NewImage(session_id="known"), stream(png()))).session_id
-    setup.store.close()
+    await setup.store.close()
 
 
-async def test_a_record_that_cannot_be_written_leaves_no_file(setup: Setup):
-    setup.store.close()  # every write now fails
-    with pytest.raises((sqlite3.ProgrammingError, errors.UnavailableError)):
+async def test_a_record_that_cannot_be_written_leaves_no_file(tmp_path: Path, database_url: str):
+    setup = await Setup.open(tmp_path, database_url)
+    await setup.store.close()  # every write now fails
+    # SQLite: the store's thread is gone; PostgreSQL: its pool is closed.
+    with pytest.raises((RuntimeError, errors.UnavailableError)):
         await setup.library.upload(NewImage(), stream(png()))
     assert setup.stored_files() == []
 
 
 async def test_records_survive_reopening_and_the_database_is_wal(tmp_path):
-    first = Setup(tmp_path)
+    first = await Setup.open(tmp_path)
     record = await first.library.upload(NewImage(metadata={"x": 1.5}), stream(png()))
-    first.store.close()
-    second = Setup(tmp_path)
+    await first.store.close()
+    second = await Setup.open(tmp_path)
     assert await second.library.get(record.name) == record
-    mode = sqlite3.connect(second.db).execute("PRAGMA journal_mode").fetchone()[0]
+    mode = sqlite3.connect(images_db(tmp_path)).execute("PRAGMA journal_mode").fetchone()[0]
     assert mode == "wal"
-    second.store.close()
+    await second.store.close()
 
 
 def test_decode_refuses_a_pixel_bomb_from_its_header():

@@ -69,7 +69,7 @@ class Suite:
 
 @pytest.fixture
 async def suite(tmp_path: Path) -> AsyncIterator[Suite]:
-    library = open_image_library(tmp_path, max_bytes=3 * MIB)
+    library = await open_image_library(tmp_path, max_bytes=3 * MIB)
     server = aio.server(interceptors=[ServerCallInterceptor("easel.invoker.v1", None)])
     image_service_pb2_grpc.add_ImageServiceServicer_to_server(ImageServicer(library), server)
     port = server.add_insecure_port("127.0.0.1:0")
@@ -77,7 +77,7 @@ async def suite(tmp_path: Path) -> AsyncIterator[Suite]:
     async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         yield Suite(tmp_path, image_service_pb2_grpc.ImageServiceStub(channel), library)
     await server.stop(None)
-    library.close()
+    await library.close()
 
 
 async def test_upload_get_download_list_update_delete(suite: Suite):

@@ -5,7 +5,8 @@ restart after a crash, and the expansion of a batch."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -30,8 +31,9 @@ from services.invoker.queue.items import (
     QueueStore,
 )
 from services.invoker.queue.queue import InvocationQueue
-from services.invoker.queue.sqlite_store import SqliteQueueStore
+from services.invoker.queue.sqlite_store import SqliteQueueStore, WriterQueueStore
 from services.invoker.queue.stores import open_queue_store
+from services.invoker.sessions.writer import database_writer
 
 PENDING, RUNNING = QueueItemStatus.PENDING, QueueItemStatus.RUNNING
 COMPLETED, FAILED, CANCELLED = (
@@ -55,14 +57,8 @@ class Recorder:
         self.changes.append((item.id, item.status))
 
 
-async def open_queue(
-    path: Path, recorder: Recorder, store: QueueStore | None = None
-) -> InvocationQueue:
-    queue = InvocationQueue(
-        store or SqliteQueueStore(path),
-        on_cancel=recorder.on_cancel,
-        on_change=recorder.on_change,
-    )
+async def open_queue(store: QueueStore, recorder: Recorder) -> InvocationQueue:
+    queue = InvocationQueue(store, on_cancel=recorder.on_cancel, on_change=recorder.on_change)
     await queue.start()
     return queue
 
@@ -73,13 +69,21 @@ def recorder() -> Recorder:
 
 
 @pytest.fixture
+def writer() -> Iterator[ThreadPoolExecutor]:
+    """The writer thread of the SQLite file."""
+    thread = database_writer()
+    yield thread
+    thread.shutdown()
+
+
+@pytest.fixture
 async def queue(
-    tmp_path: Path, recorder: Recorder, database_url: str
+    tmp_path: Path, recorder: Recorder, database_url: str, writer: ThreadPoolExecutor
 ) -> AsyncIterator[InvocationQueue]:
     """The queue on each engine (on PostgreSQL: one invoker process of a shared queue)."""
     path = tmp_path / "invoker.db"
-    store = await asyncio.to_thread(open_queue_store, database_url, path, "test")
-    queue = await open_queue(path, recorder, store)
+    store = await open_queue_store(database_url, path, writer, "test")
+    queue = await open_queue(store, recorder)
     yield queue
     await queue.close()
 
@@ -92,9 +96,10 @@ async def claim_soon(queue: InvocationQueue) -> QueueItem:
 async def settle(queue: InvocationQueue) -> None:
     """Returns once every task started so far has got as far as it can, so a claim that
     should not succeed has had every chance to. Each pass lets the ready tasks run up to
-    their next store call, then makes a store call itself: the queue's one store thread
-    runs calls in order, so when ours is answered theirs are too, and their answers have
-    reached them first. A second pass covers a task whose answer leads to another call."""
+    their next store call, then makes a store call itself: the queue runs its store calls
+    one at a time in order, so when ours is answered theirs are too, and their answers
+    have reached them first. A second pass covers a task whose answer leads to another
+    call."""
     for _ in range(2):
         await asyncio.sleep(0)
         await queue.status()
@@ -235,10 +240,10 @@ class GatedStore(SqliteQueueStore):
 
 
 async def test_a_cancel_that_arrives_during_the_claim_is_honoured(
-    tmp_path: Path, recorder: Recorder
+    tmp_path: Path, recorder: Recorder, writer: ThreadPoolExecutor
 ) -> None:
     store = GatedStore(tmp_path / "invoker.db", asyncio.get_running_loop())
-    queue = await open_queue(tmp_path / "invoker.db", recorder, store)
+    queue = await open_queue(WriterQueueStore(store, writer), recorder)
     try:
         doomed = await queue.enqueue("s1")
         claiming = asyncio.create_task(queue.claim())
@@ -290,10 +295,10 @@ async def test_clear_queue_during_a_run_cancels_the_pending_and_lets_the_run_fin
 
 
 async def test_after_a_crash_the_running_item_fails_and_pending_items_run(
-    tmp_path: Path, recorder: Recorder
+    tmp_path: Path, recorder: Recorder, writer: ThreadPoolExecutor
 ) -> None:
     path = tmp_path / "invoker.db"
-    before = await open_queue(path, recorder)
+    before = await open_queue(await open_queue_store("sqlite:", path, writer), recorder)
     done = await before.enqueue("s1")
     crashed = await before.enqueue("s2")
     kept = await before.enqueue("s3", priority=1)
@@ -305,7 +310,8 @@ async def test_after_a_crash_the_running_item_fails_and_pending_items_run(
     assert (await claim_soon(before)).id == crashed.id
     await before.close()  # the process dies with s2 RUNNING
 
-    after = InvocationQueue(SqliteQueueStore(path), on_cancel=recorder.on_cancel)
+    store = await open_queue_store("sqlite:", path, writer)
+    after = InvocationQueue(store, on_cancel=recorder.on_cancel)
     try:
         failed = await after.start()
         assert [item.id for item in failed] == [crashed.id]

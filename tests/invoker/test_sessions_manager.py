@@ -13,6 +13,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,20 +29,26 @@ from services.common.errors import FailedPreconditionError, UnavailableError
 from services.common.model_taxonomy import ModelType
 from services.invoker import session_convert
 from services.invoker.execution.state import NodeFailure
-from services.invoker.invocations.model_defaults import DefaultModels, SqliteDefaultModelStore
+from services.invoker.invocations.model_defaults import (
+    DefaultModels,
+    SqliteDefaultModelStore,
+    WriterDefaultModelStore,
+)
 from services.invoker.queue.batch import BatchField, BatchMode
 from services.invoker.queue.items import QueueItem, QueueItemStatus
-from services.invoker.queue.sqlite_store import SqliteQueueStore
+from services.invoker.queue.sqlite_store import SqliteQueueStore, WriterQueueStore
 from services.invoker.session_servicer import SessionServicer
 from services.invoker.sessions.events import SessionSnapshot
 from services.invoker.sessions.manager import SessionManager, SessionStatus, graph_json
-from services.invoker.sessions.store import SessionChange, SqliteSessionStore
-from services.invoker.sessions.writer import WriterDefaultModelStore, database_writer
+from services.invoker.sessions.store import SessionChange, SqliteSessionStore, WriterSessionStore
+from services.invoker.sessions.writer import database_writer
 from tests.invoker.test_execution import REGISTRY, context, edge, node
 from tests.invoker.test_shared_sessions import open_manager as open_shared_manager
 
 WAIT_S = 10
 """Only turns a hang (a jammed queue) into a failure."""
+WRITER = database_writer()
+"""The writer thread of the tests' SQLite files."""
 
 
 async def open_manager(
@@ -49,16 +56,16 @@ async def open_manager(
     *,
     store: SqliteSessionStore | None = None,
     queue_store: SqliteQueueStore | None = None,
-    writer: Any = None,
+    writer: ThreadPoolExecutor = WRITER,
 ) -> SessionManager:
+    """A started manager of the SQLite file `path`, or of the stores given."""
     manager = SessionManager(
         REGISTRY,
-        store or SqliteSessionStore(path),
-        queue_store or SqliteQueueStore(path),
+        WriterSessionStore(store or SqliteSessionStore(path), writer),
+        WriterQueueStore(queue_store or SqliteQueueStore(path), writer),
         lambda session_id, graph, progress: context,
         cache=None,
         failure_code=lambda failure: 2,
-        writer=writer,
     )
     await manager.start()
     return manager
@@ -132,15 +139,7 @@ async def save_cost_of_add_node(path: Path, size: int) -> tuple[int, int]:
     """The SQL statements and their bytes (values included) that saving one AddNode runs,
     in a session of `size` nodes that have all run."""
     store = SqliteSessionStore(path)
-    manager = SessionManager(
-        REGISTRY,
-        store,
-        SqliteQueueStore(path),
-        lambda session_id, graph, progress: context,
-        cache=None,
-        failure_code=lambda failure: 2,
-    )
-    await manager.start()
+    manager = await open_manager(path, store=store)
     session = manager.create([node(f"n{i}", "add", a=i, b=1) for i in range(size)], [])
     await manager.invoke(session.id, run_all=True, priority=0)
     await manager.wait(session.id)
@@ -242,15 +241,7 @@ async def test_session_and_queue_writes_to_the_one_file_never_overlap(tmp_path):
     for store, names in ((sessions, ("create", "update")), (queue, ("add", "claim_next"))):
         for name in names:
             setattr(store, name, overlaps.around(getattr(store, name)))
-    manager = SessionManager(
-        REGISTRY,
-        sessions,
-        queue,
-        lambda session_id, graph, progress: context,
-        cache=None,
-        failure_code=lambda failure: 2,
-    )
-    await manager.start()
+    manager = await open_manager(path, store=sessions, queue_store=queue)
     for _ in range(5):
         session = manager.create([node(f"n{i}", "add", a=i, b=1) for i in range(20)], [])
         await manager.invoke(session.id, run_all=True, priority=0)
@@ -501,14 +492,12 @@ async def test_default_model_writes_run_on_the_sessions_writer_thread(tmp_path):
 
     writer = database_writer()
     manager = await open_manager(path, store=Sessions(path), writer=writer)
-    defaults = await asyncio.to_thread(
-        DefaultModels, WriterDefaultModelStore(Defaults(path), writer), {}
-    )
+    defaults = await DefaultModels.open(WriterDefaultModelStore(Defaults(path), writer), {})
     session = manager.create([node("one", "integer", value=1)], [])
     await run_to_end(manager, session.id)
-    await asyncio.to_thread(defaults.set, ModelType.MAIN, "key", ModelType.MAIN)
+    await defaults.set(ModelType.MAIN, "key", ModelType.MAIN)
     await manager.close()
-    await asyncio.to_thread(defaults.close)
+    await defaults.close()
     writer.shutdown()
 
     assert len(threads["sessions"]) == 1

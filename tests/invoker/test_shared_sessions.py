@@ -19,18 +19,20 @@ from services.invoker.replicas import ReplicaLink
 from services.invoker.sessions.manager import SessionStatus
 from services.invoker.sessions.shared import SharedSessionManager
 from services.invoker.sessions.stores import open_session_store
+from services.invoker.sessions.writer import database_writer
 from tests.invoker.test_execution import REGISTRY, context, edge, node
 
 TERMINAL = {"session_complete", "session_error", "session_cancelled"}
+NO_WRITER = database_writer()
+"""The SQLite writer thread, which PostgreSQL stores never use (it never starts)."""
 
 
 async def open_manager(
     url: str, tmp_path: Path, name: str, lease_s: float = 30
 ) -> SharedSessionManager:
     path = tmp_path / "unused.db"
-    sessions, queue = await asyncio.to_thread(
-        lambda: (open_session_store(url, path, name), open_queue_store(url, path, name, lease_s))
-    )
+    sessions = await open_session_store(url, path, NO_WRITER, name)
+    queue = await open_queue_store(url, path, NO_WRITER, name, lease_s)
     manager = SharedSessionManager(
         REGISTRY,
         sessions,
@@ -158,19 +160,40 @@ async def test_each_process_runs_the_others_items_once_and_both_see_every_event(
 
 async def test_a_run_whose_lease_was_lost_stops_and_its_session_fails(postgres_url, tmp_path):
     manager = await open_manager(postgres_url, tmp_path, "first", lease_s=1)
-    other = await asyncio.to_thread(open_queue_store, postgres_url, tmp_path / "u.db", "other", 1)
+    other = await open_queue_store(postgres_url, tmp_path / "u.db", NO_WRITER, "other", 1)
     try:
         session = manager.create([node("wait", "await_cancel")], [])
         item = await manager.invoke(session.id, run_all=True, priority=0)
         await until(lambda: manager.get(session.id).status is SessionStatus.RUNNING)
         # Another process found the lease run out: this one could not renew it in time.
         lost = ItemError(INVOKER_LOST, "its invoker stopped", 10)
-        await asyncio.to_thread(other.fail_running, lost, datetime.now(UTC))
+        await other.fail_running(lost, datetime.now(UTC))
 
         done = await asyncio.wait_for(manager.wait(session.id), timeout=30)
         assert done.status is SessionStatus.FAILED
         ended = await manager.queue.get(item.id)
         assert (ended.status, ended.error) == (QueueItemStatus.FAILED, lost)
     finally:
-        other.close()
+        await other.close()
         await manager.close()
+
+
+async def test_a_session_changed_and_invoked_at_once_runs_as_changed_elsewhere(pair):
+    """A process's writes of a session land before the queue item it adds next, so the
+    process that claims the item reads the session with every change made before."""
+    first = await pair("first")
+    blocking = first.create([node("wait", "await_cancel")], [])
+    await first.invoke(blocking.id, run_all=True, priority=0)
+    await until(lambda: first.get(blocking.id).status is SessionStatus.RUNNING)
+    second = await pair("second")
+
+    session = first.create([node("one", "integer", value=1)], [])
+    first.add_node(session.id, node("plus", "add", b=10), [edge("one.value", "plus.a")])
+    item = await first.invoke(session.id, run_all=True, priority=0)  # no wait for the save
+
+    done = await asyncio.wait_for(first.wait(session.id), timeout=30)
+    assert done.status is SessionStatus.COMPLETED
+    assert dict(done.execution.state.results["plus"].outputs) == {"value": 11}
+    assert (await second.queue.get(item.id)).owner == "second"
+    await first.cancel(blocking.id)
+    await asyncio.wait_for(first.wait(blocking.id), timeout=30)

@@ -3,8 +3,9 @@
 An image is a PNG file plus a record. Storing writes the file and its thumbnail first and
 the record last, and takes the files away again when the record cannot be written, so a
 failed store leaves nothing behind; deleting drops the record first, so no record ever
-names a file that is going away. File, decode and database work runs in worker threads,
-never on the event loop.
+names a file that is going away; a caller that goes away mid-way leaves the image
+stored or removed whole. File and decode work runs in worker threads and the record store
+is awaited, never blocking the event loop.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import io
 import os
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -98,8 +99,8 @@ class ImageLibrary:
         self._max_pixels = max_pixels
         self._check_session = check_session
 
-    def close(self) -> None:
-        self._store.close()
+    async def close(self) -> None:
+        await self._store.close()
 
     async def upload(self, new: NewImage, chunks: AsyncIterable[bytes]) -> ImageRecord:
         """Store the PNG that `chunks` carry, with origin UPLOADED.
@@ -132,7 +133,7 @@ class ImageLibrary:
                 field="metadata.size_bytes",
                 reason="SIZE_MISMATCH",
             )
-        return await asyncio.to_thread(self._store_upload, new, bytes(data))
+        return await _whole(self._store_upload(new, bytes(data)))
 
     async def save_generated(
         self,
@@ -151,13 +152,14 @@ class ImageLibrary:
         InvalidArgumentError (INVALID_IMAGE) naming "png"."""
         new = NewImage(is_intermediate, session_id, node_id, metadata or {})
         provenance = Provenance(graph, node)
-        return await asyncio.to_thread(self._store_generated, new, png, provenance)
+        return await _whole(self._store_generated(new, png, provenance))
 
     async def get(self, name: str) -> ImageRecord:
-        return await asyncio.to_thread(self._store.get, name)
+        return await self._store.get(name)
 
     async def load_png(self, name: str) -> bytes:
         """The PNG bytes of `name`, for a node that reads it; errors as for `content`."""
+        await self._store.get(name)
         return await asyncio.to_thread(self._load_png, name)
 
     async def content(self, name: str, *, thumbnail: bool = False) -> ImageContent:
@@ -166,6 +168,7 @@ class ImageLibrary:
         NotFoundError for an unknown name; FailedPreconditionError (IMAGE_FILE_MISSING)
         when the record is there but its file is not.
         """
+        await self._store.get(name)
         file, size = await asyncio.to_thread(self._open_file, name, thumbnail)
         return ImageContent(size, _read_chunks(file))
 
@@ -173,26 +176,45 @@ class ImageLibrary:
         self, query: ImageQuery, offset: int, limit: int
     ) -> tuple[list[ImageRecord], int]:
         """A page of the matching records, newest first, and the number of all matches."""
-        return await asyncio.to_thread(self._store.search_page, query, offset, limit)
+        return await self._store.search_page(query, offset, limit)
 
     async def update(self, name: str, changes: ImageChanges) -> ImageRecord:
-        return await asyncio.to_thread(self._store.update, name, changes, _now())
+        return await self._store.update(name, changes, _now())
 
     async def delete(self, name: str) -> ImageRecord:
         """Remove the record `name`, then its file and thumbnail (either may be missing)."""
-        return await asyncio.to_thread(self._delete, name)
+        return await _whole(self._delete(name))
 
-    def _store_upload(self, new: NewImage, data: bytes) -> ImageRecord:
-        image = decode_png(data, max_pixels=self._max_pixels, field="chunk")
-        return self._place(new, ImageOrigin.UPLOADED, image, data)
+    async def _store_upload(self, new: NewImage, data: bytes) -> ImageRecord:
+        def place() -> ImageRecord:
+            image = decode_png(data, max_pixels=self._max_pixels, field="chunk")
+            return self._place_files(new, ImageOrigin.UPLOADED, image, data)
 
-    def _store_generated(self, new: NewImage, png: bytes, provenance: Provenance) -> ImageRecord:
-        image = decode_png(png, max_pixels=self._max_pixels, field="png")
-        return self._place(new, ImageOrigin.GENERATED, image, with_provenance(png, provenance))
+        return await self._add(await asyncio.to_thread(place))
 
-    def _place(
+    async def _store_generated(
+        self, new: NewImage, png: bytes, provenance: Provenance
+    ) -> ImageRecord:
+        def place() -> ImageRecord:
+            image = decode_png(png, max_pixels=self._max_pixels, field="png")
+            stored = with_provenance(png, provenance)
+            return self._place_files(new, ImageOrigin.GENERATED, image, stored)
+
+        return await self._add(await asyncio.to_thread(place))
+
+    async def _add(self, record: ImageRecord) -> ImageRecord:
+        """Writes the record of files just written; takes them away if that fails."""
+        try:
+            await self._store.add(record)
+        except Exception:
+            await asyncio.to_thread(self._files.remove, record.name)
+            raise
+        return record
+
+    def _place_files(
         self, new: NewImage, origin: ImageOrigin, image: Image.Image, png: bytes
     ) -> ImageRecord:
+        """Writes the image's file and thumbnail; the record that will name them."""
         moment = _now()
         record = ImageRecord(
             name=new_name(),
@@ -208,11 +230,6 @@ class ImageLibrary:
             size_bytes=len(png),
         )
         self._files.write(record.name, png, make_thumbnail(image))
-        try:
-            self._store.add(record)
-        except BaseException:
-            self._files.remove(record.name)
-            raise
         return record
 
     def _load_png(self, name: str) -> bytes:
@@ -221,7 +238,7 @@ class ImageLibrary:
             return file.read()
 
     def _open_file(self, name: str, thumbnail: bool) -> tuple[io.BufferedReader, int]:
-        self._store.get(name)
+        """The file of image `name`, whose record is there."""
         path = self._files.path(name, thumbnail=thumbnail)
         if thumbnail and not path.exists() and self._files.path(name).exists():
             log.warning("thumbnail missing; making it again", name=name)
@@ -237,9 +254,9 @@ class ImageLibrary:
             ) from None
         return file, os.fstat(file.fileno()).st_size
 
-    def _delete(self, name: str) -> ImageRecord:
-        record = self._store.delete(name)
-        self._files.remove(name)
+    async def _delete(self, name: str) -> ImageRecord:
+        record = await self._store.delete(name)
+        await asyncio.to_thread(self._files.remove, name)
         return record
 
     def _too_large(self) -> ResourceExhaustedError:
@@ -248,6 +265,11 @@ class ImageLibrary:
             reason="IMAGE_TOO_LARGE",
             metadata={"max_bytes": str(self._max_bytes)},
         )
+
+
+async def _whole(work: Coroutine[Any, Any, ImageRecord]) -> ImageRecord:
+    """`work` run to its end even if the caller goes away meanwhile."""
+    return await asyncio.shield(asyncio.ensure_future(work))
 
 
 async def _read_chunks(file: io.BufferedReader) -> AsyncIterator[bytes]:
@@ -260,7 +282,7 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def open_image_library(
+async def open_image_library(
     root: Path,
     *,
     max_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
@@ -271,7 +293,7 @@ def open_image_library(
     """The library of the root's images: files in IMAGES_FOLDER, records in IMAGES_DB or
     in the PostgreSQL database of `database_url`."""
     return ImageLibrary(
-        open_image_records(database_url, root / IMAGES_DB),
+        await open_image_records(database_url, root / IMAGES_DB),
         ImageFiles(root / IMAGES_FOLDER),
         max_bytes=max_bytes,
         max_pixels=max_pixels,

@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from services.common.migrations import Migration
+from services.common.postgres_async_pool import AsyncPostgresPool
 from services.invoker.images.records import (
     ImageChanges,
     ImageOrigin,
@@ -54,28 +55,28 @@ COLUMNS = (
 
 
 class PostgresImageRecordStore(ImageRecordStore):
-    """Records in the `invoker_images` table."""
+    """Records in the `invoker_images` table; `open` makes one."""
 
-    def __init__(self, url: str) -> None:
-        self._pool = invoker_pool(url, COMPONENT, MIGRATIONS)
+    def __init__(self, pool: AsyncPostgresPool) -> None:
+        self._pool = pool
 
-    def add(self, record: ImageRecord) -> None:
-        with self._pool.connection() as db:
-            db.execute(
+    @classmethod
+    async def open(cls, url: str) -> PostgresImageRecordStore:
+        return cls(await invoker_pool(url, COMPONENT, MIGRATIONS))
+
+    async def add(self, record: ImageRecord) -> None:
+        async with self._pool.connection() as db:
+            await db.execute(
                 f"INSERT INTO invoker_images ({COLUMNS}) "
                 "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
                 _row(record),
             )
 
-    def get(self, name: str) -> ImageRecord:
-        with self._pool.connection() as db:
-            sql = f"SELECT {COLUMNS} FROM invoker_images WHERE name = %s"
-            found = db.execute(sql, (name,)).fetchone()
-        if found is None:
-            raise image_not_found(name)
-        return _record(found)
+    async def get(self, name: str) -> ImageRecord:
+        sql = f"SELECT {COLUMNS} FROM invoker_images WHERE name = %s"
+        return await self._one(name, sql, (name,))
 
-    def update(self, name: str, changes: ImageChanges, when: datetime) -> ImageRecord:
+    async def update(self, name: str, changes: ImageChanges, when: datetime) -> ImageRecord:
         sets, params = ["update_time = %s"], [when]
         if changes.is_intermediate is not None:
             sets.append("is_intermediate = %s")
@@ -83,24 +84,14 @@ class PostgresImageRecordStore(ImageRecordStore):
         if changes.metadata is not None:
             sets.append("metadata = %s")
             params.append(json.dumps(changes.metadata))
-        with self._pool.connection() as db:
-            found = db.execute(
-                f"UPDATE invoker_images SET {', '.join(sets)} WHERE name = %s RETURNING {COLUMNS}",
-                [*params, name],
-            ).fetchone()
-        if found is None:
-            raise image_not_found(name)
-        return _record(found)
+        sql = f"UPDATE invoker_images SET {', '.join(sets)} WHERE name = %s RETURNING {COLUMNS}"
+        return await self._one(name, sql, [*params, name])
 
-    def delete(self, name: str) -> ImageRecord:
-        with self._pool.connection() as db:
-            sql = f"DELETE FROM invoker_images WHERE name = %s RETURNING {COLUMNS}"
-            found = db.execute(sql, (name,)).fetchone()
-        if found is None:
-            raise image_not_found(name)
-        return _record(found)
+    async def delete(self, name: str) -> ImageRecord:
+        sql = f"DELETE FROM invoker_images WHERE name = %s RETURNING {COLUMNS}"
+        return await self._one(name, sql, (name,))
 
-    def search_page(
+    async def search_page(
         self, query: ImageQuery, offset: int, limit: int
     ) -> tuple[list[ImageRecord], int]:
         clauses: list[str] = []
@@ -115,17 +106,27 @@ class PostgresImageRecordStore(ImageRecordStore):
             clauses.append("is_intermediate = %s")
             params.append(query.is_intermediate)
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
-        with self._pool.connection() as db, db.transaction():
-            db.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            rows = db.execute(
+        async with self._pool.connection() as db, db.transaction():
+            await db.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            cursor = await db.execute(
                 f"SELECT {COLUMNS} FROM invoker_images{where} ORDER BY seq DESC LIMIT %s OFFSET %s",
                 [*params, limit, offset],
-            ).fetchall()
-            counted = db.execute(f"SELECT COUNT(*) FROM invoker_images{where}", params).fetchone()
+            )
+            rows = await cursor.fetchall()
+            cursor = await db.execute(f"SELECT COUNT(*) FROM invoker_images{where}", params)
+            counted = await cursor.fetchone()
         return [_record(row) for row in rows], counted[0] if counted else 0
 
-    def close(self) -> None:
-        self._pool.close()
+    async def close(self) -> None:
+        await self._pool.close()
+
+    async def _one(self, name: str, sql: str, params: Any) -> ImageRecord:
+        """The record the statement returns; NotFoundError when it returns none."""
+        async with self._pool.connection() as db:
+            found = await (await db.execute(sql, params)).fetchone()
+        if found is None:
+            raise image_not_found(name)
+        return _record(found)
 
 
 def _row(record: ImageRecord) -> tuple[Any, ...]:

@@ -1,8 +1,9 @@
 """Image records and the interface of the store that keeps them.
 
 A record says what a stored PNG is (size, origin, the session and node that made it, free
-metadata); the file itself lives in `files.ImageFiles`. The store is an interface so a
-shared database can replace the embedded SQLite one without touching the library.
+metadata); the file itself lives in `files.ImageFiles`. The store is an asynchronous
+interface so a shared database (called from the event loop) can replace the embedded
+SQLite one (a blocking store run on its own thread) without touching the library.
 """
 
 from __future__ import annotations
@@ -61,30 +62,30 @@ class ImageRecordStore(ABC):
     """Image records by name; listings come newest first."""
 
     @abstractmethod
-    def add(self, record: ImageRecord) -> None:
+    async def add(self, record: ImageRecord) -> None:
         """Store a new record (its name is fresh)."""
 
     @abstractmethod
-    def get(self, name: str) -> ImageRecord:
+    async def get(self, name: str) -> ImageRecord:
         """The record `name`; NotFoundError (IMAGE_NOT_FOUND) when there is none."""
 
     @abstractmethod
-    def update(self, name: str, changes: ImageChanges, when: datetime) -> ImageRecord:
+    async def update(self, name: str, changes: ImageChanges, when: datetime) -> ImageRecord:
         """Apply `changes` to the record `name`, stamped `when`, and return it."""
 
     @abstractmethod
-    def delete(self, name: str) -> ImageRecord:
+    async def delete(self, name: str) -> ImageRecord:
         """Remove the record `name` and return it as it was."""
 
     @abstractmethod
-    def search_page(
+    async def search_page(
         self, query: ImageQuery, offset: int, limit: int
     ) -> tuple[list[ImageRecord], int]:
         """One page of the records matching `query`, newest first, and the number of all
         matches, read together so that they agree."""
 
     @abstractmethod
-    def close(self) -> None: ...
+    async def close(self) -> None: ...
 
 
 def image_not_found(name: str) -> NotFoundError:

@@ -3,13 +3,14 @@
 One row per image with its fields in columns; `seq` (the insertion order) gives "newest
 first" without relying on clock resolution, and an index per filter column keeps a
 session's listing an index range. One connection serves every thread behind a lock; the
-library calls in from worker threads, never from the event loop.
+library calls it through `WriterImageRecordStore`, on a thread of the file's own.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from services.invoker.images.records import (
     ImageRecordStore,
     image_not_found,
 )
+from services.invoker.sessions.writer import database_writer, on_writer
 
 TABLES = (
     """CREATE TABLE IF NOT EXISTS images (
@@ -48,8 +50,8 @@ COLUMNS = (
 )
 
 
-class SqliteImageRecordStore(ImageRecordStore):
-    """Records in one WAL-mode SQLite file shared by all threads behind a lock."""
+class SqliteImageRecordStore:
+    """Records in one WAL-mode SQLite file shared by all threads behind a lock. Blocking."""
 
     def __init__(self, path: Path) -> None:
         self._lock = threading.Lock()
@@ -122,6 +124,41 @@ class SqliteImageRecordStore(ImageRecordStore):
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+class WriterImageRecordStore(ImageRecordStore):
+    """A SQLite image record store whose calls run on a writer thread of its own, in the
+    order they are made; `open` makes one."""
+
+    def __init__(self, store: SqliteImageRecordStore, writer: ThreadPoolExecutor) -> None:
+        self._store = store
+        self._writer = writer
+
+    @classmethod
+    async def open(cls, path: Path) -> WriterImageRecordStore:
+        writer = database_writer("images-db")
+        return cls(await on_writer(writer, SqliteImageRecordStore, path), writer)
+
+    async def add(self, record: ImageRecord) -> None:
+        await on_writer(self._writer, self._store.add, record)
+
+    async def get(self, name: str) -> ImageRecord:
+        return await on_writer(self._writer, self._store.get, name)
+
+    async def update(self, name: str, changes: ImageChanges, when: datetime) -> ImageRecord:
+        return await on_writer(self._writer, self._store.update, name, changes, when)
+
+    async def delete(self, name: str) -> ImageRecord:
+        return await on_writer(self._writer, self._store.delete, name)
+
+    async def search_page(
+        self, query: ImageQuery, offset: int, limit: int
+    ) -> tuple[list[ImageRecord], int]:
+        return await on_writer(self._writer, self._store.search_page, query, offset, limit)
+
+    async def close(self) -> None:
+        await on_writer(self._writer, self._store.close)
+        self._writer.shutdown(wait=False)  # idle now: the thread ends at once
 
 
 def _row(record: ImageRecord) -> tuple[Any, ...]:

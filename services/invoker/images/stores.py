@@ -7,13 +7,13 @@ from pathlib import Path
 from services.common.database_url import postgres_url
 from services.invoker.images.postgres_store import PostgresImageRecordStore
 from services.invoker.images.records import ImageRecordStore
-from services.invoker.images.sqlite_store import SqliteImageRecordStore
+from services.invoker.images.sqlite_store import WriterImageRecordStore
 
 
-def open_image_records(database_url: str, sqlite_path: Path) -> ImageRecordStore:
+async def open_image_records(database_url: str, sqlite_path: Path) -> ImageRecordStore:
     """The records in the PostgreSQL database of `database_url`, or in the SQLite file
-    `sqlite_path` when it is `sqlite:`. Blocking."""
+    `sqlite_path` when it is `sqlite:`."""
     url = postgres_url(database_url)
     if url is None:
-        return SqliteImageRecordStore(sqlite_path)
-    return PostgresImageRecordStore(url)
+        return await WriterImageRecordStore.open(sqlite_path)
+    return await PostgresImageRecordStore.open(url)

@@ -10,9 +10,10 @@ of the type. Set defaults win over the setting so that a client (e.g.
 
 from __future__ import annotations
 
-import threading
+import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -22,8 +23,10 @@ from services.common.database_url import postgres_url
 from services.common.errors import InvalidArgumentError, NotFoundError
 from services.common.migrations import Migration
 from services.common.model_taxonomy import ModelType
+from services.common.postgres_async_pool import AsyncPostgresPool
 from services.common.sqlite_files import open_wal_database
 from services.invoker.replica_notices import DEFAULTS_CHANNEL, invoker_pool, notify
+from services.invoker.sessions.writer import on_writer
 
 
 class DefaultSource(StrEnum):
@@ -47,18 +50,18 @@ class DefaultModelStore(ABC):
     """The defaults set through the API, by model type; one caller at a time."""
 
     @abstractmethod
-    def load(self) -> list[DefaultModel]:
-        """Every stored default (read once at start-up)."""
+    async def load(self) -> list[DefaultModel]:
+        """Every stored default (read at start-up, and when another process changed them)."""
 
     @abstractmethod
-    def put(self, model_type: ModelType, model_key: str, update_time: datetime) -> None:
+    async def put(self, model_type: ModelType, model_key: str, update_time: datetime) -> None:
         """Stores the default of `model_type`, replacing the earlier one."""
 
     @abstractmethod
-    def delete(self, model_type: ModelType) -> None: ...
+    async def delete(self, model_type: ModelType) -> None: ...
 
     @abstractmethod
-    def close(self) -> None: ...
+    async def close(self) -> None: ...
 
 
 _SCHEMA = (
@@ -67,8 +70,9 @@ _SCHEMA = (
 )
 
 
-class SqliteDefaultModelStore(DefaultModelStore):
-    """Set defaults as rows of a `default_model` table, in the sessions' SQLite file."""
+class SqliteDefaultModelStore:
+    """Set defaults as rows of a `default_model` table, in the sessions' SQLite file.
+    Blocking: `WriterDefaultModelStore` runs its calls on the file's writer thread."""
 
     def __init__(self, path: Path) -> None:
         self._db = open_wal_database(path, _SCHEMA)
@@ -97,6 +101,27 @@ class SqliteDefaultModelStore(DefaultModelStore):
         self._db.close()
 
 
+class WriterDefaultModelStore(DefaultModelStore):
+    """A SQLite default-model store whose calls all run on `writer`, the thread shared
+    with the other stores of its file (the sessions and the queue)."""
+
+    def __init__(self, store: SqliteDefaultModelStore, writer: ThreadPoolExecutor) -> None:
+        self._store = store
+        self._writer = writer
+
+    async def load(self) -> list[DefaultModel]:
+        return await on_writer(self._writer, self._store.load)
+
+    async def put(self, model_type: ModelType, model_key: str, update_time: datetime) -> None:
+        await on_writer(self._writer, self._store.put, model_type, model_key, update_time)
+
+    async def delete(self, model_type: ModelType) -> None:
+        await on_writer(self._writer, self._store.delete, model_type)
+
+    async def close(self) -> None:
+        await on_writer(self._writer, self._store.close)
+
+
 _POSTGRES_MIGRATIONS = [
     Migration(
         1,
@@ -111,17 +136,23 @@ _POSTGRES_MIGRATIONS = [
 class PostgresDefaultModelStore(DefaultModelStore):
     """Set defaults in the `invoker_default_models` table, shared by every invoker process
     of the database; a change is announced on DEFAULTS_CHANNEL as `owner`, so the other
-    processes reload."""
+    processes reload. `open` makes one."""
 
-    def __init__(self, url: str, owner: str) -> None:
+    def __init__(self, pool: AsyncPostgresPool, owner: str) -> None:
         self._owner = owner
-        self._pool = invoker_pool(url, "invoker_default_models", _POSTGRES_MIGRATIONS, max_size=2)
+        self._pool = pool
 
-    def load(self) -> list[DefaultModel]:
-        with self._pool.connection() as db:
-            rows = db.execute(
+    @classmethod
+    async def open(cls, url: str, owner: str) -> PostgresDefaultModelStore:
+        pool = await invoker_pool(url, "invoker_default_models", _POSTGRES_MIGRATIONS, max_size=2)
+        return cls(pool, owner)
+
+    async def load(self) -> list[DefaultModel]:
+        async with self._pool.connection() as db:
+            cursor = await db.execute(
                 "SELECT model_type, model_key, update_time FROM invoker_default_models"
-            ).fetchall()
+            )
+            rows = await cursor.fetchall()
         known = {member.value for member in ModelType}
         return [
             DefaultModel(ModelType(model_type), key, DefaultSource.SET, time)
@@ -129,55 +160,68 @@ class PostgresDefaultModelStore(DefaultModelStore):
             if model_type in known
         ]
 
-    def put(self, model_type: ModelType, model_key: str, update_time: datetime) -> None:
-        with self._pool.connection() as db, db.transaction():
-            db.execute(
+    async def put(self, model_type: ModelType, model_key: str, update_time: datetime) -> None:
+        async with self._pool.connection() as db, db.transaction():
+            await db.execute(
                 "INSERT INTO invoker_default_models VALUES (%s, %s, %s) ON CONFLICT (model_type) "
                 "DO UPDATE SET model_key = EXCLUDED.model_key, update_time = EXCLUDED.update_time",
                 (model_type.value, model_key, update_time),
             )
-            notify(db, DEFAULTS_CHANNEL, f"{self._owner} changed")
+            await notify(db, DEFAULTS_CHANNEL, f"{self._owner} changed")
 
-    def delete(self, model_type: ModelType) -> None:
-        with self._pool.connection() as db, db.transaction():
-            db.execute(
+    async def delete(self, model_type: ModelType) -> None:
+        async with self._pool.connection() as db, db.transaction():
+            await db.execute(
                 "DELETE FROM invoker_default_models WHERE model_type = %s", (model_type.value,)
             )
-            notify(db, DEFAULTS_CHANNEL, f"{self._owner} changed")
+            await notify(db, DEFAULTS_CHANNEL, f"{self._owner} changed")
 
-    def close(self) -> None:
-        self._pool.close()
+    async def close(self) -> None:
+        await self._pool.close()
 
 
-def open_default_model_store(
-    database_url: str, sqlite_path: Path, owner: str = ""
+async def open_default_model_store(
+    database_url: str, sqlite_path: Path, writer: ThreadPoolExecutor, owner: str = ""
 ) -> DefaultModelStore:
     """The set defaults in the PostgreSQL database of `database_url` (changes announced
-    as `owner`), or in the SQLite file `sqlite_path` when it is `sqlite:`. Blocking."""
+    as `owner`), or in the SQLite file `sqlite_path` when it is `sqlite:`, called on
+    `writer`, the file's writer thread."""
     url = postgres_url(database_url)
     if url is None:
-        return SqliteDefaultModelStore(sqlite_path)
-    return PostgresDefaultModelStore(url, owner)
+        store = await on_writer(writer, SqliteDefaultModelStore, sqlite_path)
+        return WriterDefaultModelStore(store, writer)
+    return await PostgresDefaultModelStore.open(url, owner)
 
 
 class DefaultModels:
     """The defaults in effect: those set through the API over those the setting names.
 
     Reads come from memory; a change is written to the store before it takes effect, so a
-    failed write changes nothing.
+    failed write changes nothing. Changes and reloads run one at a time. `open` makes one.
     """
 
-    def __init__(self, store: DefaultModelStore, configured: Mapping[ModelType, str]) -> None:
+    def __init__(
+        self,
+        store: DefaultModelStore,
+        configured: Mapping[ModelType, str],
+        stored: Sequence[DefaultModel] = (),
+    ) -> None:
         self._store = store
         self._configured = dict(configured)
-        self._set = {default.model_type: default for default in store.load()}
-        self._lock = threading.Lock()
+        self._set = {default.model_type: default for default in stored}
+        self._lock = asyncio.Lock()
 
-    def reload(self) -> None:
-        """Read the set defaults again: another invoker process changed them. Blocking."""
-        loaded = {default.model_type: default for default in self._store.load()}
-        with self._lock:
-            self._set = loaded
+    @classmethod
+    async def open(
+        cls, store: DefaultModelStore, configured: Mapping[ModelType, str]
+    ) -> DefaultModels:
+        """The defaults in effect with those `store` holds."""
+        return cls(store, configured, await store.load())
+
+    async def reload(self) -> None:
+        """Read the set defaults again: another invoker process changed them."""
+        async with self._lock:
+            self._set = {default.model_type: default for default in await self._store.load()}
 
     def get(self, model_type: ModelType) -> DefaultModel | None:
         """The default of `model_type` in effect, or None when neither is there."""
@@ -195,7 +239,9 @@ class DefaultModels:
         """The key of each type's default in effect."""
         return {default.model_type: default.model_key for default in self.list()}
 
-    def set(self, model_type: ModelType, model_key: str, actual_type: ModelType) -> DefaultModel:
+    async def set(
+        self, model_type: ModelType, model_key: str, actual_type: ModelType
+    ) -> DefaultModel:
         """Make the model `model_key`, whose type is `actual_type`, the default of
         `model_type`; a model of another type is MODEL_TYPE_MISMATCH."""
         if actual_type != model_type:
@@ -207,27 +253,27 @@ class DefaultModels:
             )
         now = datetime.now(UTC)
         default = DefaultModel(model_type, model_key, DefaultSource.SET, now)
-        with self._lock:
-            self._store.put(model_type, model_key, now)
+        async with self._lock:
+            await self._store.put(model_type, model_key, now)
             self._set[model_type] = default
         return default
 
-    def delete(self, model_type: ModelType) -> DefaultModel | None:
+    async def delete(self, model_type: ModelType) -> DefaultModel | None:
         """Remove the set default of `model_type` (DEFAULT_MODEL_NOT_SET when there is
         none); returns the default in effect afterwards (the setting's, or None)."""
-        with self._lock:
+        async with self._lock:
             if model_type not in self._set:
                 raise NotFoundError(
                     f"no default model was set for {model_type.value!r}",
                     reason="DEFAULT_MODEL_NOT_SET",
                     metadata={"model_type": model_type.value},
                 )
-            self._store.delete(model_type)
+            await self._store.delete(model_type)
             del self._set[model_type]
         return self.get(model_type)
 
-    def close(self) -> None:
-        self._store.close()
+    async def close(self) -> None:
+        await self._store.close()
 
 
 def default_model_key(

@@ -1,7 +1,8 @@
 """Queue items and the interface of the store that keeps them.
 
-The store is an interface so that a shared database (PostgreSQL, claiming with SELECT …
-FOR UPDATE SKIP LOCKED) can replace the embedded SQLite one: each state change, the claim
+The store is an asynchronous interface so that a shared database (PostgreSQL, claiming
+with SELECT … FOR UPDATE SKIP LOCKED, called from the event loop) can replace the
+embedded SQLite one (a blocking store run on its file's writer thread): each state change, the claim
 included, is one store operation, so two claimers or a claim and a cancel never both win.
 A `SharedQueueStore` serves several invoker processes: each claim carries a lease its
 owner renews while the item runs, and an item whose lease ran out is FAILED
@@ -81,63 +82,65 @@ class ItemFilter:
 
 
 class QueueStore(ABC):
-    """Queue items by id. Ids grow from 1 and are never handed out twice. Calls come from
-    one thread at a time."""
+    """Queue items by id. Ids grow from 1 and are never handed out twice. The queue calls
+    it one call at a time."""
 
     @abstractmethod
-    def add(self, session_id: str, run_mode: RunMode, priority: int, now: datetime) -> QueueItem:
+    async def add(
+        self, session_id: str, run_mode: RunMode, priority: int, now: datetime
+    ) -> QueueItem:
         """Store a new PENDING item with a fresh id."""
 
     @abstractmethod
-    def add_all(
+    async def add_all(
         self, session_ids: Sequence[str], run_mode: RunMode, priority: int, now: datetime
     ) -> list[QueueItem]:
         """Store a PENDING item per session, ids ascending in that order, in one
         transaction: all or none."""
 
     @abstractmethod
-    def claim_next(self, now: datetime) -> QueueItem | None:
+    async def claim_next(self, now: datetime) -> QueueItem | None:
         """Move the first PENDING item (highest priority, then lowest id) to RUNNING and
         return it, in one operation; None when nothing is PENDING."""
 
     @abstractmethod
-    def cancel_pending(self, item_id: int, now: datetime) -> QueueItem | None:
+    async def cancel_pending(self, item_id: int, now: datetime) -> QueueItem | None:
         """Move the item to CANCELLED if it is PENDING, in one operation, and return it;
         None when it is not PENDING (or unknown)."""
 
     @abstractmethod
-    def cancel_all_pending(self, now: datetime) -> list[QueueItem]:
+    async def cancel_all_pending(self, now: datetime) -> list[QueueItem]:
         """Move every PENDING item to CANCELLED and return them."""
 
     @abstractmethod
-    def finish(
+    async def finish(
         self, item_id: int, status: QueueItemStatus, error: ItemError | None, now: datetime
     ) -> QueueItem:
         """Move a RUNNING item to the terminal `status`; an item no longer RUNNING is
         returned unchanged."""
 
     @abstractmethod
-    def fail_running(self, error: ItemError, now: datetime) -> list[QueueItem]:
+    async def fail_running(self, error: ItemError, now: datetime) -> list[QueueItem]:
         """Move every RUNNING item to FAILED with `error` and return them."""
 
     @abstractmethod
-    def get(self, item_id: int) -> QueueItem:
+    async def get(self, item_id: int) -> QueueItem:
         """The item; NotFoundError (QUEUE_ITEM_NOT_FOUND) when there is none."""
 
     @abstractmethod
-    def list_after(self, query: ItemFilter, after_id: int, limit: int) -> list[QueueItem]:
+    async def list_after(self, query: ItemFilter, after_id: int, limit: int) -> list[QueueItem]:
         """Up to `limit` matching items with an id above `after_id`, ascending id."""
 
     @abstractmethod
-    def counts(self) -> Mapping[QueueItemStatus, int]:
+    async def counts(self) -> Mapping[QueueItemStatus, int]:
         """How many items are in each status."""
 
     @abstractmethod
-    def running(self) -> QueueItem | None:
+    async def running(self) -> QueueItem | None:
         """The RUNNING item, if any."""
 
     @abstractmethod
-    def close(self) -> None: ...
+    async def close(self) -> None: ...
 
 
 class SharedQueueStore(QueueStore):
@@ -150,23 +153,23 @@ class SharedQueueStore(QueueStore):
     lease_s: float
 
     @abstractmethod
-    def renew_leases(self) -> list[int]:
+    async def renew_leases(self) -> list[int]:
         """Extend the lease of every item this process runs; the ids still held."""
 
     @abstractmethod
-    def fail_expired(self, error: ItemError, now: datetime) -> list[QueueItem]:
+    async def fail_expired(self, error: ItemError, now: datetime) -> list[QueueItem]:
         """Move every RUNNING item whose lease ran out to FAILED with `error`, each by
         exactly one caller across processes, and return those this call moved."""
 
     @abstractmethod
-    def request_cancel(self, item_id: int) -> None:
+    async def request_cancel(self, item_id: int) -> None:
         """Ask the process running `item_id` to stop it."""
 
     @abstractmethod
-    def set_paused(self, paused: bool) -> None: ...
+    async def set_paused(self, paused: bool) -> None: ...
 
     @abstractmethod
-    def paused(self) -> bool: ...
+    async def paused(self) -> bool: ...
 
 
 def item_not_found(item_id: int) -> NotFoundError:

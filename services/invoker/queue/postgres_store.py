@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from services.common.migrations import Migration
+from services.common.postgres_async_pool import AsyncPostgresPool
 from services.invoker.queue.items import (
     ItemError,
     ItemFilter,
@@ -73,25 +74,33 @@ END = (
 
 
 class PostgresQueueStore(SharedQueueStore):
-    """Items in `invoker_queue_items`, claimed by `owner` with leases of `lease_s`."""
+    """Items in `invoker_queue_items`, claimed by `owner` with leases of `lease_s`. `open`
+    makes one."""
 
-    def __init__(self, url: str, owner: str, lease_s: float) -> None:
+    def __init__(self, pool: AsyncPostgresPool, owner: str, lease_s: float) -> None:
         self.owner = owner
         self.lease_s = lease_s
-        self._pool = invoker_pool(url, COMPONENT, MIGRATIONS)
+        self._pool = pool
 
-    def add(self, session_id: str, run_mode: RunMode, priority: int, now: datetime) -> QueueItem:
+    @classmethod
+    async def open(cls, url: str, owner: str, lease_s: float) -> PostgresQueueStore:
+        return cls(await invoker_pool(url, COMPONENT, MIGRATIONS), owner, lease_s)
+
+    async def add(
+        self, session_id: str, run_mode: RunMode, priority: int, now: datetime
+    ) -> QueueItem:
         sql = (
             "INSERT INTO invoker_queue_items (session_id, status, run_mode, priority, "
             f"create_time) VALUES (%s, 'PENDING', %s, %s, %s) RETURNING {COLUMNS}"
         )
-        with self._pool.connection() as db, db.transaction():
-            row = db.execute(sql, (session_id, run_mode.value, priority, now)).fetchone()
-            notify(db, QUEUE_CHANNEL, f"{self.owner} added")
+        async with self._pool.connection() as db, db.transaction():
+            cursor = await db.execute(sql, (session_id, run_mode.value, priority, now))
+            row = await cursor.fetchone()
+            await notify(db, QUEUE_CHANNEL, f"{self.owner} added")
         assert row is not None
         return _item(row)
 
-    def add_all(
+    async def add_all(
         self, session_ids: Sequence[str], run_mode: RunMode, priority: int, now: datetime
     ) -> list[QueueItem]:
         """One INSERT: every item or none, as a batch's sessions need."""
@@ -101,12 +110,13 @@ class PostgresQueueStore(SharedQueueStore):
             "FROM unnest(%s::text[]) WITH ORDINALITY AS queued (session_id, place) "
             f"ORDER BY place RETURNING {COLUMNS}"
         )
-        with self._pool.connection() as db, db.transaction():
-            rows = db.execute(sql, (run_mode.value, priority, now, list(session_ids))).fetchall()
-            notify(db, QUEUE_CHANNEL, f"{self.owner} added")
+        async with self._pool.connection() as db, db.transaction():
+            cursor = await db.execute(sql, (run_mode.value, priority, now, list(session_ids)))
+            rows = await cursor.fetchall()
+            await notify(db, QUEUE_CHANNEL, f"{self.owner} added")
         return sorted((_item(row) for row in rows), key=lambda item: item.id)
 
-    def claim_next(self, now: datetime) -> QueueItem | None:
+    async def claim_next(self, now: datetime) -> QueueItem | None:
         sql = (
             "UPDATE invoker_queue_items SET status = 'RUNNING', start_time = %(now)s, "
             f"owner = %(owner)s, lease_until = {LEASE} WHERE id = ("
@@ -115,25 +125,25 @@ class PostgresQueueStore(SharedQueueStore):
             "ORDER BY priority DESC, id LIMIT 1 FOR UPDATE SKIP LOCKED"
             f") RETURNING {COLUMNS}"
         )
-        rows = self._all(sql, {"now": now, "owner": self.owner, "lease_s": self.lease_s})
+        rows = await self._all(sql, {"now": now, "owner": self.owner, "lease_s": self.lease_s})
         return rows[0] if rows else None
 
-    def cancel_pending(self, item_id: int, now: datetime) -> QueueItem | None:
+    async def cancel_pending(self, item_id: int, now: datetime) -> QueueItem | None:
         sql = (
             "UPDATE invoker_queue_items SET status = 'CANCELLED', end_time = %s "
             f"WHERE id = %s AND status = 'PENDING' RETURNING {COLUMNS}"
         )
-        rows = self._all(sql, (now, item_id))
+        rows = await self._all(sql, (now, item_id))
         return rows[0] if rows else None
 
-    def cancel_all_pending(self, now: datetime) -> list[QueueItem]:
+    async def cancel_all_pending(self, now: datetime) -> list[QueueItem]:
         sql = (
             "UPDATE invoker_queue_items SET status = 'CANCELLED', end_time = %s "
             f"WHERE status = 'PENDING' RETURNING {COLUMNS}"
         )
-        return sorted(self._all(sql, (now,)), key=lambda item: item.id)
+        return sorted(await self._all(sql, (now,)), key=lambda item: item.id)
 
-    def finish(
+    async def finish(
         self, item_id: int, status: QueueItemStatus, error: ItemError | None, now: datetime
     ) -> QueueItem:
         sql = (
@@ -141,54 +151,57 @@ class PostgresQueueStore(SharedQueueStore):
             f"AND owner = %(owner)s RETURNING {COLUMNS}"
         )
         params = {**_end(status, error, now), "id": item_id, "owner": self.owner}
-        rows = self._all(sql, params)
-        return rows[0] if rows else self.get(item_id)
+        rows = await self._all(sql, params)
+        return rows[0] if rows else await self.get(item_id)
 
-    def fail_running(self, error: ItemError, now: datetime) -> list[QueueItem]:
+    async def fail_running(self, error: ItemError, now: datetime) -> list[QueueItem]:
         """Every RUNNING item FAILED, whoever runs it: for a database no invoker uses."""
         sql = f"UPDATE invoker_queue_items SET {END} WHERE status = 'RUNNING' RETURNING {COLUMNS}"
-        items = self._all(sql, _end(QueueItemStatus.FAILED, error, now))
+        items = await self._all(sql, _end(QueueItemStatus.FAILED, error, now))
         return sorted(items, key=lambda item: item.id)
 
-    def fail_expired(self, error: ItemError, now: datetime) -> list[QueueItem]:
+    async def fail_expired(self, error: ItemError, now: datetime) -> list[QueueItem]:
         sql = (
             f"UPDATE invoker_queue_items SET {END} WHERE status = 'RUNNING' "
             f"AND lease_until < clock_timestamp() RETURNING {COLUMNS}"
         )
-        items = self._all(sql, _end(QueueItemStatus.FAILED, error, now))
+        items = await self._all(sql, _end(QueueItemStatus.FAILED, error, now))
         return sorted(items, key=lambda item: item.id)
 
-    def renew_leases(self) -> list[int]:
+    async def renew_leases(self) -> list[int]:
         sql = (
             f"UPDATE invoker_queue_items SET lease_until = {LEASE} "
             "WHERE status = 'RUNNING' AND owner = %(owner)s RETURNING id"
         )
-        with self._pool.connection() as db:
-            rows = db.execute(sql, {"owner": self.owner, "lease_s": self.lease_s}).fetchall()
+        async with self._pool.connection() as db:
+            cursor = await db.execute(sql, {"owner": self.owner, "lease_s": self.lease_s})
+            rows = await cursor.fetchall()
         return sorted(row[0] for row in rows)
 
-    def request_cancel(self, item_id: int) -> None:
-        with self._pool.connection() as db:
-            notify(db, QUEUE_CHANNEL, f"{self.owner} cancel {item_id}")
+    async def request_cancel(self, item_id: int) -> None:
+        async with self._pool.connection() as db:
+            await notify(db, QUEUE_CHANNEL, f"{self.owner} cancel {item_id}")
 
-    def set_paused(self, paused: bool) -> None:
-        with self._pool.connection() as db, db.transaction():
-            db.execute("UPDATE invoker_queue_state SET paused = %s", (paused,))
+    async def set_paused(self, paused: bool) -> None:
+        async with self._pool.connection() as db, db.transaction():
+            await db.execute("UPDATE invoker_queue_state SET paused = %s", (paused,))
             if not paused:
-                notify(db, QUEUE_CHANNEL, f"{self.owner} resumed")
+                await notify(db, QUEUE_CHANNEL, f"{self.owner} resumed")
 
-    def paused(self) -> bool:
-        with self._pool.connection() as db:
-            row = db.execute("SELECT paused FROM invoker_queue_state").fetchone()
+    async def paused(self) -> bool:
+        async with self._pool.connection() as db:
+            cursor = await db.execute("SELECT paused FROM invoker_queue_state")
+            row = await cursor.fetchone()
         return bool(row and row[0])
 
-    def get(self, item_id: int) -> QueueItem:
-        rows = self._all(f"SELECT {COLUMNS} FROM invoker_queue_items WHERE id = %s", (item_id,))
+    async def get(self, item_id: int) -> QueueItem:
+        sql = f"SELECT {COLUMNS} FROM invoker_queue_items WHERE id = %s"
+        rows = await self._all(sql, (item_id,))
         if not rows:
             raise item_not_found(item_id)
         return rows[0]
 
-    def list_after(self, query: ItemFilter, after_id: int, limit: int) -> list[QueueItem]:
+    async def list_after(self, query: ItemFilter, after_id: int, limit: int) -> list[QueueItem]:
         clauses, params = ["id > %s"], [after_id]
         if query.statuses:
             clauses.append("status = ANY(%s)")
@@ -200,28 +213,29 @@ class PostgresQueueStore(SharedQueueStore):
             f"SELECT {COLUMNS} FROM invoker_queue_items WHERE {' AND '.join(clauses)} "
             "ORDER BY id LIMIT %s"
         )
-        return self._all(sql, (*params, limit))
+        return await self._all(sql, (*params, limit))
 
-    def counts(self) -> Mapping[QueueItemStatus, int]:
-        with self._pool.connection() as db:
-            rows = db.execute("SELECT status, COUNT(*) FROM invoker_queue_items GROUP BY status")
-            found = {QueueItemStatus(status): count for status, count in rows}
+    async def counts(self) -> Mapping[QueueItemStatus, int]:
+        sql = "SELECT status, COUNT(*) FROM invoker_queue_items GROUP BY status"
+        async with self._pool.connection() as db:
+            cursor = await db.execute(sql)
+            found = {QueueItemStatus(status): count for status, count in await cursor.fetchall()}
         return {status: found.get(status, 0) for status in QueueItemStatus}
 
-    def running(self) -> QueueItem | None:
+    async def running(self) -> QueueItem | None:
         sql = (
             f"SELECT {COLUMNS} FROM invoker_queue_items WHERE status = 'RUNNING' "
             "ORDER BY id LIMIT 1"
         )
-        rows = self._all(sql, ())
+        rows = await self._all(sql, ())
         return rows[0] if rows else None
 
-    def close(self) -> None:
-        self._pool.close()
+    async def close(self) -> None:
+        await self._pool.close()
 
-    def _all(self, sql: str, params: Any) -> list[QueueItem]:
-        with self._pool.connection() as db:
-            rows = db.execute(sql, params).fetchall()
+    async def _all(self, sql: str, params: Any) -> list[QueueItem]:
+        async with self._pool.connection() as db:
+            rows = await (await db.execute(sql, params)).fetchall()
         return [_item(row) for row in rows]
 
 

@@ -3,15 +3,13 @@ by priority then id.
 
 Driven by events, never polled: a claimer waits on a condition that an enqueue, a finish
 and a resume notify, so the next item is claimed the moment the previous one finishes.
-Store calls run one after another on one worker thread, off the event loop, in the order
-they were asked for; every state change is one store operation, so a cancel and a claim
-of the same item never both win. A cancel that lands after the claim's store operation
-but before the claim returns is still honoured: the item is finished CANCELLED and never
-handed out.
-
-The thread may be shared with the other writers of the same database file (the
-sessions): SQLite lets one connection write at a time and makes the others wait by
-sleeping (1 ms, then 2, 5, 10…), so writers that share one thread never wait that way.
+Store calls run one after another, in the order they were asked for, through one
+`OrderedCalls` (shared with the session manager, so a session written before its item is
+queued is stored first); every state change is one store operation, so a cancel and a
+claim of the same item never both win. A cancel that lands after the claim's store
+operation but before the claim returns is still honoured: the item is finished CANCELLED
+and never handed out. Neither engine blocks the event loop: a SQLite store runs each call
+on its file's writer thread (see `sessions.writer`), a PostgreSQL one awaits the database.
 
 On a `SharedQueueStore` (PostgreSQL) several invoker processes claim from one queue, each
 running one item at a time. A process learns of items queued elsewhere through `wake`
@@ -25,8 +23,7 @@ passed on to it (`cancel_here` there).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Collection, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TypeVar
@@ -46,6 +43,7 @@ from services.invoker.queue.items import (
     RunMode,
     SharedQueueStore,
 )
+from services.invoker.sessions.writer import OrderedCalls
 
 log = structlog.get_logger(__name__)
 
@@ -67,8 +65,8 @@ class InvocationQueue:
 
     `on_cancel` is called with a RUNNING item that was handed out by `claim` and then
     cancelled, so that its runner stops it (at its next step); `on_change` with every item
-    whose status changed, for session states and events. `worker` (one thread) runs the
-    store calls; by default the queue has its own.
+    whose status changed, for session states and events. `calls` orders the store
+    calls; by default the queue has its own.
     """
 
     def __init__(
@@ -77,15 +75,15 @@ class InvocationQueue:
         *,
         on_cancel: Callable[[QueueItem], None],
         on_change: Callable[[QueueItem], None] = lambda item: None,
-        worker: ThreadPoolExecutor | None = None,
+        calls: OrderedCalls | None = None,
     ) -> None:
         self._store = store
         self._shared = store if isinstance(store, SharedQueueStore) else None
         self._lease_keeper: asyncio.Task[None] | None = None
         self._on_cancel = on_cancel
         self._on_change = on_change
-        self._owns_worker = worker is None
-        self._worker = worker or ThreadPoolExecutor(max_workers=1, thread_name_prefix="queue-db")
+        self._owns_calls = calls is None
+        self._calls = calls or OrderedCalls()
         self._changed = asyncio.Condition()
         self._version = 0
         self._paused = False
@@ -256,9 +254,10 @@ class InvocationQueue:
     async def status(self) -> QueueStatus:
         shared = self._shared
 
-        def read() -> QueueStatus:
-            paused = self._paused if shared is None else shared.paused()
-            return QueueStatus(dict(self._store.counts()), paused, self._store.running())
+        async def read() -> QueueStatus:
+            paused = self._paused if shared is None else await shared.paused()
+            counts = await self._store.counts()
+            return QueueStatus(dict(counts), paused, await self._store.running())
 
         return await self._call(read)
 
@@ -287,13 +286,13 @@ class InvocationQueue:
         return items, paging.position_token(items[-1].id, fingerprint) if more else ""
 
     async def close(self) -> None:
-        """Finish the store calls asked for, then close the store (a shared worker goes on)."""
+        """Finish the store calls asked for, then close the store (shared `calls` go on)."""
         if self._lease_keeper is not None:
             self._lease_keeper.cancel()
             await asyncio.gather(self._lease_keeper, return_exceptions=True)
         await self._call(self._store.close)
-        if self._owns_worker:
-            await asyncio.get_running_loop().run_in_executor(None, self._worker.shutdown)
+        if self._owns_calls:
+            await self._calls.close()
 
     async def _end(
         self, item_id: int, status: QueueItemStatus, error: ItemError | None
@@ -347,8 +346,8 @@ class InvocationQueue:
             self._version += 1
             self._changed.notify_all()
 
-    async def _call(self, work: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._worker, work)
+    async def _call(self, work: Callable[[], Awaitable[T]]) -> T:
+        return await self._calls.run(work)
 
 
 def _now() -> datetime:

@@ -3,13 +3,15 @@ root.
 
 `id` is an AUTOINCREMENT key, so an id is never handed out again, not even after a
 restart. The claim is one UPDATE … RETURNING over the index (status, -priority, id), so
-it is atomic against a cancel. One connection serves every thread behind a lock.
+it is atomic against a cancel. One connection serves every thread behind a lock; the
+queue calls it through `WriterQueueStore`, on the file's writer thread.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from services.invoker.queue.items import (
     RunMode,
     item_not_found,
 )
+from services.invoker.sessions.writer import on_writer
 
 TABLES = (
     """CREATE TABLE IF NOT EXISTS queue_items (
@@ -52,8 +55,8 @@ RUNNING = QueueItemStatus.RUNNING.value
 CANCELLED = QueueItemStatus.CANCELLED.value
 
 
-class SqliteQueueStore(QueueStore):
-    """Items in one WAL-mode SQLite file shared by all threads behind a lock."""
+class SqliteQueueStore:
+    """Items in one WAL-mode SQLite file shared by all threads behind a lock. Blocking."""
 
     def __init__(self, path: Path) -> None:
         self._lock = threading.Lock()
@@ -166,6 +169,58 @@ class SqliteQueueStore(QueueStore):
         with self._lock:
             rows = self._db.execute(sql, params).fetchall()
         return [_item(row) for row in rows]
+
+
+class WriterQueueStore(QueueStore):
+    """A SQLite queue store whose calls run on `writer`, the thread shared with the other
+    stores of its file, in the order they are made."""
+
+    def __init__(self, store: SqliteQueueStore, writer: ThreadPoolExecutor) -> None:
+        self._store = store
+        self._writer = writer
+
+    async def add(
+        self, session_id: str, run_mode: RunMode, priority: int, now: datetime
+    ) -> QueueItem:
+        return await on_writer(self._writer, self._store.add, session_id, run_mode, priority, now)
+
+    async def add_all(
+        self, session_ids: Sequence[str], run_mode: RunMode, priority: int, now: datetime
+    ) -> list[QueueItem]:
+        store = self._store
+        return await on_writer(self._writer, store.add_all, session_ids, run_mode, priority, now)
+
+    async def claim_next(self, now: datetime) -> QueueItem | None:
+        return await on_writer(self._writer, self._store.claim_next, now)
+
+    async def cancel_pending(self, item_id: int, now: datetime) -> QueueItem | None:
+        return await on_writer(self._writer, self._store.cancel_pending, item_id, now)
+
+    async def cancel_all_pending(self, now: datetime) -> list[QueueItem]:
+        return await on_writer(self._writer, self._store.cancel_all_pending, now)
+
+    async def finish(
+        self, item_id: int, status: QueueItemStatus, error: ItemError | None, now: datetime
+    ) -> QueueItem:
+        return await on_writer(self._writer, self._store.finish, item_id, status, error, now)
+
+    async def fail_running(self, error: ItemError, now: datetime) -> list[QueueItem]:
+        return await on_writer(self._writer, self._store.fail_running, error, now)
+
+    async def get(self, item_id: int) -> QueueItem:
+        return await on_writer(self._writer, self._store.get, item_id)
+
+    async def list_after(self, query: ItemFilter, after_id: int, limit: int) -> list[QueueItem]:
+        return await on_writer(self._writer, self._store.list_after, query, after_id, limit)
+
+    async def counts(self) -> Mapping[QueueItemStatus, int]:
+        return await on_writer(self._writer, self._store.counts)
+
+    async def running(self) -> QueueItem | None:
+        return await on_writer(self._writer, self._store.running)
+
+    async def close(self) -> None:
+        await on_writer(self._writer, self._store.close)
 
 
 def _error_row(error: ItemError | None) -> tuple[Any, ...]:

@@ -4,8 +4,11 @@ that executes the queue's items one at a time.
 A session's status follows its queue item while it has one queued or running (QUEUED,
 RUNNING) and its execution's settled status otherwise. A changed session is saved once
 per turn of the event loop (a node's result included, so a crash loses at most the node
-that was running); the writes run off the event loop, in order, on the one thread that
-also runs the queue's store calls (the same SQLite file, so no write waits on another).
+that was running). The writes are queued without waiting on them, through the
+`OrderedCalls` the queue's store calls go through too, so every store call lands in the
+order asked for: a write before any later read or queue change. On SQLite the calls all
+run on the file's one writer thread, so no write waits on another; on PostgreSQL they
+are awaited on the event loop.
 A save writes only what changed since the last one (new nodes, edges and runs, and the
 status row), so its cost never grows with the session; a save that fails is logged.
 
@@ -20,8 +23,15 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -61,7 +71,7 @@ from services.invoker.sessions.events import (
     Stamped,
 )
 from services.invoker.sessions.store import EdgeJson, SessionChange, SessionRecord, SessionStore
-from services.invoker.sessions.writer import database_writer
+from services.invoker.sessions.writer import OrderedCalls
 
 log = structlog.get_logger(__name__)
 
@@ -223,10 +233,7 @@ class SessionManager:
         *,
         cache: OutputCache | None,
         failure_code: FailureCode,
-        writer: ThreadPoolExecutor | None = None,
     ) -> None:
-        """`writer` (one thread) runs the writes of both stores, and may be shared with the
-        other stores of their database; by default the manager has its own."""
         self._failure_code = failure_code
         self._registry = registry
         self._store = store
@@ -236,8 +243,8 @@ class SessionManager:
         """Every session's events, for WatchSessionEvents."""
         self._closing = asyncio.Event()
         self._sessions: dict[str, Session] = {}
-        self._owns_writer = writer is None
-        self._writer = writer or database_writer()
+        self._calls = OrderedCalls()
+        """Every call of both stores, in the order asked for."""
         self._changed = ChangeSignal()
         self._preview_watches: Counter[str] = Counter()
         """Watches that asked for previews, by session id (ALL_SESSIONS: every session)."""
@@ -247,13 +254,13 @@ class SessionManager:
             queue_store,
             on_cancel=self._item_cancelled,
             on_change=self._item_changed,
-            worker=self._writer,
+            calls=self._calls,
         )
         self._runner: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Loads the stored sessions, recovers the queue and starts the runner."""
-        records = await asyncio.get_running_loop().run_in_executor(self._writer, self._store.all)
+        records = await self._calls.run(self._store.all)
         for record in records:
             self._sessions[record.id] = self._load(record)
         await self.queue.start()
@@ -282,9 +289,8 @@ class SessionManager:
             await asyncio.gather(self._runner, return_exceptions=True)
         self._flush()
         await self.queue.close()
-        await asyncio.get_running_loop().run_in_executor(self._writer, self._store.close)
-        if self._owns_writer:
-            await asyncio.get_running_loop().run_in_executor(None, self._writer.shutdown)
+        await self._calls.run(self._store.close)
+        await self._calls.close()
 
     def create(self, nodes: Sequence[NodeSpec], edges: Sequence[Edge]) -> Session:
         """A new IDLE session from a graph validated as a whole."""
@@ -643,7 +649,7 @@ class SessionManager:
     async def saved(self) -> None:
         """Returns once every change made so far is written to the store."""
         self._flush()
-        await asyncio.get_running_loop().run_in_executor(self._writer, lambda: None)
+        await self._calls.run(_nothing)
 
     def _publish(self, event: ExecutionEvent) -> None:
         """Publishes a relayed event, at the time it happened by the inference service's
@@ -685,8 +691,8 @@ class SessionManager:
                 change = _change(session, changes)
                 self._write(lambda change=change: self._store.update(change))
 
-    def _write(self, work: Callable[[], None]) -> None:
-        self._writer.submit(work).add_done_callback(_log_write_failure)
+    def _write(self, work: Callable[[], Awaitable[None]]) -> None:
+        self._calls.soon(work, "writing a session failed")
 
     def _load(self, record: SessionRecord) -> Session:
         nodes = [NodeSpec(n["id"], n["type"], n["inputs"]) for n in record.graph["nodes"]]
@@ -746,9 +752,8 @@ def _retry_waits() -> Iterator[float]:
         wait = min(wait * 2, RETRY_MAX_S)
 
 
-def _log_write_failure(done: Future[None]) -> None:
-    if done.exception() is not None:
-        log.error("writing a session failed", exc_info=done.exception())
+async def _nothing() -> None:
+    return None
 
 
 def _node_json(node: GraphNode) -> dict[str, Any]:

@@ -157,11 +157,10 @@ class SharedSessionManager(SessionManager):
         """Reads the session from the database (after this process's own writes) and takes
         it in, unless it runs here; None when it is not there. A read that a change made
         here meanwhile outdates is made again, after that change's write."""
-        loop = asyncio.get_running_loop()
         while True:
             seen = self._edits.get(session_id, 0)
             self._flush()
-            record = await loop.run_in_executor(self._writer, self._store.get, session_id)
+            record = await self._calls.run(lambda: self._store.get(session_id))
             if self._edits.get(session_id, 0) == seen:
                 break
         if session_id in self._running_here:
@@ -198,8 +197,7 @@ class SharedSessionManager(SessionManager):
     async def _reread_all(self) -> None:
         """Notices were lost: read every session again (those made meanwhile included),
         and look for claimable items."""
-        loop = asyncio.get_running_loop()
-        records = await loop.run_in_executor(self._writer, self._store.all)
+        records = await self._calls.run(self._store.all)
         for session_id in [*self._sessions, *(record.id for record in records)]:
             self._stale[session_id] = None
         self._stale_signal.set()

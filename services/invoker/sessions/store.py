@@ -4,22 +4,28 @@ A session is stored as JSON pieces (its nodes, its edges, each run's result or f
 its status), so the store knows nothing of node types; the session manager rebuilds the
 graph through the registry on load. Each piece is its own row, so a change writes only
 what changed: adding a node to a session of any size writes that node and its edges.
-The store is an interface so that a shared database (PostgreSQL, `postgres_store`) can
-replace the embedded SQLite file; `stores.open_session_store` picks the engine.
+The store is an asynchronous interface so that a shared database (PostgreSQL,
+`postgres_store`, called from the event loop) can replace the embedded SQLite file (a
+blocking store whose calls `WriterSessionStore` runs on the file's writer thread);
+`stores.open_session_store` picks the engine.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from services.common.sqlite_files import open_wal_database
+from services.common.errors import FailedPreconditionError
+from services.common.sqlite_files import claim_lock_file, open_wal_database
+from services.invoker.sessions.writer import on_writer
 
 EdgeJson = list[str]
 """An edge as [source node, source field, destination node, destination field]."""
@@ -56,32 +62,33 @@ class SessionChange:
 
 
 class SessionStore(ABC):
-    """Session records by id; calls come from one thread at a time."""
+    """Session records by id; the session manager calls it one call at a time."""
 
     @abstractmethod
-    def create(self, record: SessionRecord) -> None:
+    async def create(self, record: SessionRecord) -> None:
         """Stores a new session whole."""
 
     @abstractmethod
-    def update(self, change: SessionChange) -> None:
+    async def update(self, change: SessionChange) -> None:
         """Writes a change of a stored session; the cost follows the change, not the
         session."""
 
     @abstractmethod
-    def delete(self, session_id: str) -> None: ...
+    async def delete(self, session_id: str) -> None: ...
 
     @abstractmethod
-    def all(self) -> list[SessionRecord]:
+    async def all(self) -> list[SessionRecord]:
         """Every record, oldest first (loaded once at start-up)."""
 
     @abstractmethod
-    def get(self, session_id: str) -> SessionRecord | None:
+    async def get(self, session_id: str) -> SessionRecord | None:
         """The record as stored now; None when there is none."""
 
     @abstractmethod
-    def close(self) -> None: ...
+    async def close(self) -> None: ...
 
 
+SESSION_STORE_IN_USE = "SESSION_STORE_IN_USE"
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS session (id TEXT PRIMARY KEY, status TEXT NOT NULL, "
     "queue_item_id INTEGER NOT NULL, create_time TEXT NOT NULL, update_time TEXT NOT NULL)",
@@ -94,13 +101,35 @@ _SCHEMA = (
 )
 
 
-class SqliteSessionStore(SessionStore):
+class SqliteSessionStore:
     """Sessions in one WAL-mode SQLite file: a row per session, per node, per edge and per
-    run, each kept in the order it was written (rowid)."""
+    run, each kept in the order it was written (rowid). Blocking: `WriterSessionStore`
+    runs its calls on the file's writer thread.
+
+    The invoker keeps its sessions in memory and this file only persists them, and an
+    invoker starting fails the queue items left RUNNING: a second invoker on the file would
+    fail the first one's running item and then drift apart from it. So the store holds an
+    exclusive lock on `<file>.lock` from open to close (freed with its process, kill -9
+    included), and a second one is refused (SESSION_STORE_IN_USE)."""
 
     def __init__(self, path: Path) -> None:
+        lock = path.with_name(f"{path.name}.lock")
+        held = claim_lock_file(lock)
+        if held is None:
+            raise FailedPreconditionError(
+                f"another invoker keeps its sessions in {path} (it holds the lock on {lock}); "
+                "run one invoker per sessions file, or give invokers that share a queue one "
+                "PostgreSQL database_url",
+                reason=SESSION_STORE_IN_USE,
+                metadata={"path": str(path)},
+            )
+        self._held = held
         self._lock = threading.Lock()
-        self._db = open_wal_database(path, _SCHEMA)
+        try:
+            self._db = open_wal_database(path, _SCHEMA)
+        except BaseException:
+            os.close(held)
+            raise
 
     def trace(self, callback: Any) -> None:
         """Calls `callback` with each SQL statement run (with its values), to see what a
@@ -179,10 +208,14 @@ class SqliteSessionStore(SessionStore):
             edges = self._parts(
                 f"SELECT session_id, body FROM session_edge {where} ORDER BY rowid", params
             )
-            runs = self._db.execute(
-                f"SELECT session_id, run_id, failed, body FROM session_run {where} ORDER BY rowid",
-                params,
-            ).fetchall()
+            runs = [
+                (session_id, run_id, failed, json.loads(body))
+                for session_id, run_id, failed, body in self._db.execute(
+                    f"SELECT session_id, run_id, failed, body FROM session_run {where} "
+                    "ORDER BY rowid",
+                    params,
+                )
+            ]
         return records(sessions, nodes, edges, runs)
 
     def _parts(self, query: str, params: tuple[str, ...]) -> dict[str, list[Any]]:
@@ -194,21 +227,49 @@ class SqliteSessionStore(SessionStore):
     def close(self) -> None:
         with self._lock:
             self._db.close()
+        os.close(self._held)
+
+
+class WriterSessionStore(SessionStore):
+    """A SQLite session store whose calls run on `writer`, the thread shared with the
+    other stores of its file, in the order they are made."""
+
+    def __init__(self, store: SqliteSessionStore, writer: ThreadPoolExecutor) -> None:
+        self._store = store
+        self._writer = writer
+
+    async def create(self, record: SessionRecord) -> None:
+        await on_writer(self._writer, self._store.create, record)
+
+    async def update(self, change: SessionChange) -> None:
+        await on_writer(self._writer, self._store.update, change)
+
+    async def delete(self, session_id: str) -> None:
+        await on_writer(self._writer, self._store.delete, session_id)
+
+    async def all(self) -> list[SessionRecord]:
+        return await on_writer(self._writer, self._store.all)
+
+    async def get(self, session_id: str) -> SessionRecord | None:
+        return await on_writer(self._writer, self._store.get, session_id)
+
+    async def close(self) -> None:
+        await on_writer(self._writer, self._store.close)
 
 
 def records(
     sessions: Sequence[tuple[Any, ...]],
     nodes: Mapping[str, list[Any]],
     edges: Mapping[str, list[Any]],
-    runs: Sequence[tuple[str, str, Any, str]],
+    runs: Sequence[tuple[str, str, Any, Any]],
 ) -> list[SessionRecord]:
     """Records from the rows of a store: `sessions` (id, status, queue item id, create and
     update time, in order), nodes and edges by session, runs (session, run id, failed,
-    JSON body) in the order they were written."""
+    body) in the order they were written."""
     results: dict[str, dict[str, Any]] = {}
     errors: dict[str, dict[str, Any]] = {}
     for session_id, run_id, failed, body in runs:
-        (errors if failed else results).setdefault(session_id, {})[run_id] = json.loads(body)
+        (errors if failed else results).setdefault(session_id, {})[run_id] = body
     return [
         SessionRecord(
             row[0],
