@@ -1,7 +1,8 @@
-"""One downloader and one model manager per job store on SQLite (the default): a second
-process started on the same root is refused at start-up (JOB_STORE_IN_USE) instead of
-taking up the first one's unfinished jobs, and a service killed with kill -9 leaves no
-lock behind, so it starts again on the same root."""
+"""One downloader and one model manager per job store, and one invoker per sessions file,
+on SQLite (the default): a second process started on the same root is refused at
+start-up (JOB_STORE_IN_USE, SESSION_STORE_IN_USE) instead of taking up the first one's
+unfinished jobs or failing its running queue item, and a service killed with kill -9
+leaves no lock behind, so it starts again on the same root."""
 
 from __future__ import annotations
 
@@ -10,12 +11,17 @@ from pathlib import Path
 import pytest
 
 from easel.downloader.v1 import download_service_pb2, download_service_pb2_grpc
+from easel.invoker.v1 import session_service_pb2, session_service_pb2_grpc
 from easel.model_manager.v1 import model_record_service_pb2, model_record_service_pb2_grpc
 from services.common import errors
 from services.common.sqlite_jobs import SqliteJobRows
 from tests.processes import ServiceProcess, address_key, start_service, wait_serving
 
-JOB_FILES = {"downloader": "downloads.db", "model_manager": "installs.db"}
+REFUSALS = {
+    "downloader": ("JOB_STORE_IN_USE", "downloads.db"),
+    "model_manager": ("JOB_STORE_IN_USE", "installs.db"),
+    "invoker": ("SESSION_STORE_IN_USE", "sessions.db"),
+}
 
 
 def answers(service: ServiceProcess) -> bool:
@@ -25,12 +31,16 @@ def answers(service: ServiceProcess) -> bool:
             downloads = download_service_pb2_grpc.DownloadServiceStub(channel)
             request = download_service_pb2.ListDownloadJobsRequest()
             return list(downloads.ListDownloadJobs(request, timeout=30).jobs) == []
+        if service.name == "invoker":
+            sessions = session_service_pb2_grpc.SessionServiceStub(channel)
+            request = session_service_pb2.ListSessionsRequest()
+            return list(sessions.ListSessions(request, timeout=30).sessions) == []
         records = model_record_service_pb2_grpc.ModelRecordServiceStub(channel)
         request = model_record_service_pb2.GetStoreInfoRequest()
         return records.GetStoreInfo(request, timeout=30).model_count == 0
 
 
-@pytest.mark.parametrize("name", ["downloader", "model_manager"])
+@pytest.mark.parametrize("name", list(REFUSALS))
 def test_a_second_service_on_the_same_root_is_refused_and_the_first_serves_on(
     name: str, easel_env: dict[str, str], tmp_path: Path
 ):
@@ -42,16 +52,17 @@ def test_a_second_service_on_the_same_root_is_refused_and_the_first_serves_on(
     with pytest.raises(AssertionError, match="exited early"):
         wait_serving(second)
     assert second.process.wait(timeout=30) == 1
+    reason, file = REFUSALS[name]
     lines = second.log().splitlines()
-    assert [line for line in lines if "JOB_STORE_IN_USE" in line] == lines[-1:]
-    assert str(Path(easel_env["EASEL_ROOT"]) / "databases" / JOB_FILES[name]) in lines[-1]
+    assert [line for line in lines if reason in line] == lines[-1:]
+    assert str(Path(easel_env["EASEL_ROOT"]) / "databases" / file) in lines[-1]
     assert "Traceback" not in second.log()
 
     assert first.process.poll() is None
     assert answers(first)
 
 
-@pytest.mark.parametrize("name", ["downloader", "model_manager"])
+@pytest.mark.parametrize("name", list(REFUSALS))
 def test_a_service_killed_with_kill_9_starts_again_on_its_root(
     name: str, easel_env: dict[str, str], tmp_path: Path
 ):
