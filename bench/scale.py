@@ -52,21 +52,14 @@ from pathlib import Path
 from clients.sdk import EaselClient
 from easel.invoker.v1 import graph_pb2
 from easel.invoker.v1 import session_service_pb2 as pb
-from easel.model_manager.v1 import model_pb2 as m
 from services.invoker.queue.items import RunMode
 from services.invoker.queue.stores import open_queue_store
 from services.invoker.sessions.writer import database_writer
 from tests.model_fixtures import ModelZoo
-from tests.model_records import register_model
+from tests.model_records import register_sd1
 from tests.postgres import TestPostgres
-from tests.processes import (
-    ServiceProcess,
-    address_key,
-    client_settings,
-    start_service,
-    suite_env,
-    wait_serving,
-)
+from tests.processes import ServiceProcess, client_settings
+from tests.running_suite import running_suite
 
 SIZE = 64
 STEPS = 20
@@ -104,34 +97,24 @@ class Deployment:
 def deployment(folder: Path, database_url: str, workers: int) -> Iterator[Deployment]:
     """A model manager, `workers` inference workers and INVOKERS invokers on one database
     and one root."""
-    root = folder / "root"
-    root.mkdir(parents=True)
-    env = suite_env(root, EASEL_DATABASE_URL=database_url)
-    with ExitStack() as stack:
-        manager = start_service("model_manager", env, folder)
-        stack.callback(manager.stop)
-        inference = []
-        for index in range(workers):
-            worker_root = folder / f"worker-{index}"
-            worker_root.mkdir()
-            worker = start_service("inference", {**env, "EASEL_ROOT": str(worker_root)}, folder)
-            stack.callback(worker.stop)
-            inference.append(worker)
-        env[address_key("inference")] = ",".join(worker.address for worker in inference)
-        invokers = []
-        for _ in range(INVOKERS):
-            invoker = start_service("invoker", dict(env), folder)  # each on a port of its own
-            stack.callback(invoker.stop)
-            invokers.append(invoker)
-        for service in [manager, *inference, *invokers]:
-            wait_serving(service)
-        clients = []
-        for invoker in invokers:
-            client = EaselClient(client_settings({**env, address_key("invoker"): invoker.address}))
-            stack.callback(client.close)
-            clients.append(client)
-        manager_client = stack.enter_context(EaselClient(client_settings(env)))
-        yield Deployment(clients, manager_client, [manager, *inference, *invokers])
+    folder.mkdir(parents=True)
+    names = ["model_manager", "inference", "invoker"]
+    with (
+        running_suite(
+            folder,
+            names,
+            inference_workers=workers,
+            invokers=INVOKERS,
+            EASEL_DATABASE_URL=database_url,
+        ) as running,
+        ExitStack() as clients,
+    ):
+        invokers = [
+            clients.enter_context(EaselClient(client_settings(invoker.env)))
+            for invoker in running.started("invoker")
+        ]
+        manager = clients.enter_context(EaselClient(running.settings))
+        yield Deployment(invokers, manager, running.services)
 
 
 def sessions_per_s(
@@ -202,15 +185,7 @@ def txt2img_deployment(
     """A deployment with `workers` workers, the tiny model registered and loaded in every
     worker, ready for rounds of txt2img sessions."""
     with deployment(folder, postgres.new_database(), workers) as running:
-        key = register_model(
-            running.manager,
-            "tiny-sd1",
-            zoo.sd1_diffusers,
-            base=m.BASE_MODEL_TYPE_SD_1,
-            type=m.MODEL_TYPE_MAIN,
-            format=m.MODEL_FORMAT_DIFFUSERS,
-            repo_variant=m.MODEL_REPO_VARIANT_DEFAULT,
-        )
+        key = register_sd1(running.manager, zoo)
         sessions_per_s(running.invokers, lambda: txt2img(key), INVOKERS * workers)
         yield running, Txt2imgRuns(running, postgres, key)
 

@@ -206,16 +206,7 @@ class Generations:
 
     async def create(self, request: GenerationRequest, options: GenerationOptions) -> Generation:
         """Check `request` and queue it (module doc)."""
-        prepared = await self._prepare(request)
-        return self._queue.create(
-            request.kind,
-            prepared.work,
-            total_steps=prepared.total_steps,
-            session_id=options.session_id,
-            invocation_id=options.invocation_id,
-            inputs=prepared.inputs,
-            preview=options.preview,
-        )
+        return self._enqueue(request, await self._prepare(request), options)
 
     def get(self, generation_id: str) -> Generation:
         return self._queue.get(generation_id)
@@ -281,15 +272,7 @@ class Generations:
         subscription = self._events.bus.subscribe(lambda event: event.context.generation_id in mine)
         generation: Generation | None = None
         try:
-            generation = self._queue.create(
-                request.kind,
-                prepared.work,
-                total_steps=prepared.total_steps,
-                session_id=options.session_id,
-                invocation_id=options.invocation_id,
-                inputs=prepared.inputs,
-                preview=options.preview,
-            )
+            generation = self._enqueue(request, prepared, options)
             # Added before the event loop turns, so every later event of it is delivered
             # (GenerationQueued, published inside `create`, is what the snapshot says).
             mine.add(generation.id)
@@ -329,6 +312,19 @@ class Generations:
             return False
 
     # --- preparing the work ---------------------------------------------------------------
+
+    def _enqueue(
+        self, request: GenerationRequest, prepared: _Prepared, options: GenerationOptions
+    ) -> Generation:
+        return self._queue.create(
+            request.kind,
+            prepared.work,
+            total_steps=prepared.total_steps,
+            session_id=options.session_id,
+            invocation_id=options.invocation_id,
+            inputs=prepared.inputs,
+            preview=options.preview,
+        )
 
     async def _prepare(self, request: GenerationRequest) -> _Prepared:
         match request:

@@ -16,6 +16,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 from services.common.errors import NotFoundError
 
@@ -71,6 +72,28 @@ class QueueItem:
     end_time: datetime | None = None
     error: ItemError | None = None
     owner: str = ""
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any], owner: str | None = None) -> QueueItem:
+        """An item from a store's row: id, session id, status, run mode, priority, the
+        create, start and end times (datetimes), error type, error, error code and error
+        node id, each error column NULL when the item did not fail."""
+        item_id, session, status, mode, priority, created, started, ended = row[:8]
+        error_type, error, error_code, error_node_id = row[8:12]
+        return cls(
+            id=item_id,
+            session_id=session,
+            status=QueueItemStatus(status),
+            run_mode=RunMode(mode),
+            priority=priority,
+            create_time=created,
+            start_time=started,
+            end_time=ended,
+            error=None
+            if error_type is None
+            else ItemError(error_type, error or "", error_code or 0, error_node_id or ""),
+            owner=owner or "",
+        )
 
 
 @dataclass(frozen=True)

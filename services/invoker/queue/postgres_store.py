@@ -251,19 +251,4 @@ def _end(status: QueueItemStatus, error: ItemError | None, now: datetime) -> dic
 
 
 def _item(row: tuple[Any, ...]) -> QueueItem:
-    item_id, session, status, mode, priority, created, started, ended = row[:8]
-    error_type, error, error_code, error_node_id, owner = row[8:]
-    return QueueItem(
-        id=item_id,
-        session_id=session,
-        status=QueueItemStatus(status),
-        run_mode=RunMode(mode),
-        priority=priority,
-        create_time=created,
-        start_time=started,
-        end_time=ended,
-        error=None
-        if error_type is None
-        else ItemError(error_type, error or "", error_code or 0, error_node_id or ""),
-        owner=owner or "",
-    )
+    return QueueItem.from_row(row[:12], owner=row[12])

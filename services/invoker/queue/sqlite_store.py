@@ -234,18 +234,6 @@ def _time(text: str | None) -> datetime | None:
 
 
 def _item(row: tuple[Any, ...]) -> QueueItem:
-    item_id, session, status, mode, priority, created, started, ended = row[:8]
-    error_type, error, error_code, error_node_id = row[8:]
-    return QueueItem(
-        id=item_id,
-        session_id=session,
-        status=QueueItemStatus(status),
-        run_mode=RunMode(mode),
-        priority=priority,
-        create_time=datetime.fromisoformat(created),
-        start_time=_time(started),
-        end_time=_time(ended),
-        error=None
-        if error_type is None
-        else ItemError(error_type, error or "", error_code or 0, error_node_id or ""),
-    )
+    created, started, ended = row[5:8]
+    times = (datetime.fromisoformat(created), _time(started), _time(ended))
+    return QueueItem.from_row((*row[:5], *times, *row[8:]))

@@ -99,16 +99,7 @@ class PostgresSessionStore(SessionStore):
         return cls(await invoker_pool(url, COMPONENT, MIGRATIONS), owner)
 
     async def create(self, record: SessionRecord) -> None:
-        change = SessionChange(
-            record.id,
-            record.status,
-            record.queue_item_id,
-            record.update_time,
-            record.graph["nodes"],
-            record.graph["edges"],
-            {key: record.state["results"][key] for key in record.state["executed"]},
-            record.state["errors"],
-        )
+        change = SessionChange.whole(record)
         async with self._pool.connection() as db, db.pipeline(), db.transaction():
             await db.execute(
                 f"INSERT INTO invoker_sessions ({SESSION_COLUMNS}) VALUES (%s, %s, %s, %s, %s)",

@@ -60,6 +60,20 @@ class SessionChange:
     results: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     errors: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
+    @classmethod
+    def whole(cls, record: SessionRecord) -> SessionChange:
+        """A new session as one change: every node, edge and run of it."""
+        return cls(
+            record.id,
+            record.status,
+            record.queue_item_id,
+            record.update_time,
+            record.graph["nodes"],
+            record.graph["edges"],
+            {key: record.state["results"][key] for key in record.state["executed"]},
+            record.state["errors"],
+        )
+
 
 class SessionStore(ABC):
     """Session records by id; the session manager calls it one call at a time."""
@@ -137,16 +151,7 @@ class SqliteSessionStore:
         self._db.set_trace_callback(callback)
 
     def create(self, record: SessionRecord) -> None:
-        change = SessionChange(
-            record.id,
-            record.status,
-            record.queue_item_id,
-            record.update_time,
-            record.graph["nodes"],
-            record.graph["edges"],
-            {key: record.state["results"][key] for key in record.state["executed"]},
-            record.state["errors"],
-        )
+        change = SessionChange.whole(record)
         with self._lock, self._db:
             self._db.execute("BEGIN")
             self._db.execute(
